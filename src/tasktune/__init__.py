@@ -1,0 +1,3 @@
+"""tasktune: fine-tune LLMs for real tasks, measured properly."""
+
+__version__ = "0.1.0"

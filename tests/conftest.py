@@ -1,4 +1,4 @@
-"""Shared fixtures: the real SmolLM2 tokenizer and tiny random models built from a config."""
+"""Shared fixtures: the real SmolLM2 tokenizer and model, tiny random models, a tiny LoRA adapter."""
 
 from __future__ import annotations
 
@@ -22,11 +22,19 @@ def needs_shared(sub: str = "") -> pytest.MarkDecorator:
 
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
-    """A directory holding only the SmolLM2 tokenizer (special tokens fixed from the GGUF metadata)."""
-    from tasktune.model.convert import gguf_tokenizer
+    """A directory holding only the SmolLM2 tokenizer (special tokens fixed from the GGUF metadata).
+
+    Copied from the converted model cache when it exists (fast), else read from the GGUF (about 7 s).
+    """
+    from transformers import AutoTokenizer
+
+    from tasktune.model.convert import cached_dir, gguf_tokenizer
+    from tasktune.model.load import model_entry
 
     out = tmp_path_factory.mktemp("smol_tokenizer")
-    gguf_tokenizer().save_pretrained(out)
+    converted = cached_dir(model_entry("smollm2-135m-instruct"))
+    tokenizer = AutoTokenizer.from_pretrained(converted) if converted else gguf_tokenizer()
+    tokenizer.save_pretrained(out)
     return out
 
 
@@ -61,3 +69,34 @@ def tiny_llama_dir(tmp_path_factory, smol_tokenizer) -> Path:
     LlamaForCausalLM(config).save_pretrained(out)
     smol_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A LoRA adapter (r=4, all-linear) for `tiny_llama_dir` with random non-zero B, so it changes the logits.
+
+    Saved by `save_trained`: the adapter files and the tokenizer in one directory.
+    """
+    import torch
+
+    from tasktune.config.schema import LoraConfig, ModelConfig, TrainConfig
+    from tasktune.model.adapters import prepare_for_training, save_trained
+    from tasktune.model.load import load_model, load_tokenizer
+
+    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
+    model = prepare_for_training(load_model(cfg), TrainConfig(finetuning="lora"), LoraConfig(r=4, alpha=8))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    out = tmp_path_factory.mktemp("tiny_run")
+    return save_trained(model, load_tokenizer(cfg), out, "lora")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct as a safetensors folder (converted once into $TASKTUNE_HOME, ~20 s)."""
+    from tasktune.model.load import resolve_model_dir
+
+    return resolve_model_dir("smollm2-135m-instruct")

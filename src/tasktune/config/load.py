@@ -59,6 +59,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}={value!r}: expected an integer")
         return number
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads `no`/`off`/`yes` as booleans
+            return "yes" if value else "no"
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
         return str(value)

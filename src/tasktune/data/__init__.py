@@ -1,0 +1,1 @@
+"""Data layer: files -> conversations -> loss-masked token ids -> packed, collated batches."""

@@ -34,6 +34,44 @@ class Conversation:
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
+    def check(self) -> None:
+        """Raise RowError unless this is a trainable conversation.
+
+        Rules: roles from ROLES with string content; at most one system message, first; then a user turn;
+        user -> assistant, assistant -> user | tool (a function call's result), tool -> tool | assistant;
+        the last turn is the assistant's; user and assistant turns are not blank.
+        """
+        if not self.messages:
+            raise RowError("bad_turn_order", "no messages")
+        for i, m in enumerate(self.messages):
+            if m.role not in ROLES:
+                raise RowError("unknown_role", f"message {i} has role {m.role!r}; expected one of {ROLES}")
+            if not isinstance(m.content, str):
+                raise RowError("wrong_type", f"message {i} content is {type(m.content).__name__}, not text")
+            if m.role == "user" and not m.content.strip():
+                raise RowError("empty_prompt", f"message {i} (user) is blank")
+            if m.role == "assistant" and not m.content.strip():
+                raise RowError("empty_response", f"message {i} (assistant) is blank")
+        previous = "system" if self.messages[0].role == "system" else "start"
+        start = 1 if previous == "system" else 0
+        for i, m in enumerate(self.messages[start:], start):
+            if m.role not in _NEXT_ROLES[previous]:
+                raise RowError("bad_turn_order", f"message {i} is {m.role} after {previous}")
+            previous = m.role
+        if previous != "assistant":
+            raise RowError(
+                "bad_turn_order", f"the conversation ends on a {previous} turn, not the assistant's"
+            )
+
+
+_NEXT_ROLES = {
+    "start": ("user",),
+    "system": ("user",),
+    "user": ("assistant",),
+    "assistant": ("user", "tool"),
+    "tool": ("tool", "assistant"),
+}
+
 
 class RowError(ValueError):
     """A row that cannot become a conversation; `reason` is a short stable key for the report."""

@@ -1,0 +1,250 @@
+"""The training loop: ours, explicit, on accelerate (devices, DDP/FSDP/DeepSpeed, mixed precision, state)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from tasktune.config.load import save_config
+from tasktune.config.schema import Config, ConfigError
+from tasktune.data.collate import collate
+from tasktune.data.pipeline import PreparedData, build_datasets
+from tasktune.model.adapters import prepare_for_training, save_trained
+from tasktune.model.load import load_model, load_tokenizer
+from tasktune.train.checkpoint import TrainerState, resolve_resume, save_checkpoint, trainable_only_hook
+from tasktune.train.logs import RunLogger, plot_loss, read_log
+from tasktune.train.optim import build_optimizer, build_scheduler
+from tasktune.train.order import BatchPlan
+from tasktune.train.step import count_targets, summed_loss
+
+# A scorer run during training: (unwrapped model, tokenizer, step) -> metrics; "metric" picks the best.
+Evaluator = Callable[[torch.nn.Module, Any, int], dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    first_loss: float | None
+    last_loss: float | None
+    eval_loss: float | None
+    eval_loss_before: float | None
+    tokens_per_s: float | None
+    seconds: float
+    best_step: int | None = None
+    main_process: bool = True
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_precision(setting: str) -> str:
+    """`auto`: bf16 where the device runs it (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp16/none."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def prepare_output_dir(cfg: Config, resuming: bool) -> Path:
+    out = Path(cfg.output.dir)
+    used = [n for n in ("adapter", "model", "train_log.jsonl", "checkpoints") if (out / n).exists()]
+    if used and not resuming:
+        if not cfg.output.overwrite:
+            raise ConfigError(
+                f"output.dir={out} already holds a run ({', '.join(used)}): set output.overwrite=true, "
+                "choose another output.dir, or continue it with train.resume_from_checkpoint=latest"
+            )
+        for name in used:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def _eval_loss(model, units: list[dict], pad_id: int, batch_size: int, accelerator: Accelerator) -> float:
+    """Loss per target token over the validation units, split across processes."""
+    model.eval()
+    total = torch.zeros(2)
+    mine = units[accelerator.process_index :: accelerator.num_processes]
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            batch = collate(mine[start : start + batch_size], pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            total += torch.tensor([summed_loss(model, batch).item(), count_targets(batch)])
+    model.train()
+    total = accelerator.reduce(total.to(accelerator.device), "sum").cpu()
+    return float(total[0] / max(1.0, float(total[1])))
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | None = None) -> TrainResult:
+    """Fine-tune `cfg.model` on `cfg.data`; write adapter/model, logs, plot and checkpoints to `cfg.output.dir`."""
+    for section in (cfg.model, cfg.data, cfg.lora, cfg.train):
+        section.check()
+    tc = cfg.train
+    # Without a GPU, accelerate recognises a torchrun/`accelerate launch` world (gloo) only when told cpu=True.
+    accelerator = Accelerator(mixed_precision=resolve_precision(tc.mixed_precision),
+                              cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    set_seed(tc.seed)
+    ckpt_root = Path(cfg.output.dir) / "checkpoints"
+    resume = resolve_resume(tc.resume_from_checkpoint, ckpt_root)
+    out = Path(cfg.output.dir)
+    if main:
+        prepare_output_dir(cfg, resuming=resume is not None or tc.resume_from_checkpoint == "latest")
+    accelerator.wait_for_everyone()
+
+    tokenizer = load_tokenizer(cfg.model)
+    if data is None:
+        with accelerator.main_process_first():
+            data = build_datasets(cfg.data, tokenizer, out if main else None)
+    if not data.train:
+        raise ConfigError("no training examples left after validation: see rejected.jsonl")
+
+    model = prepare_for_training(load_model(cfg.model), tc, cfg.lora)
+    optimizer = build_optimizer(model, tc)
+    plan = BatchPlan([len(u["input_ids"]) for u in data.train], tc.batch_size, tc.grad_accum,
+                     accelerator.num_processes, tc.seed)
+    total_steps = plan.total_steps(tc.num_epochs, tc.max_steps)
+    # The schedule counts optimizer steps of the whole job, so it is not wrapped by accelerate
+    # (which would step it once per process); it is saved with the checkpoint instead.
+    scheduler = build_scheduler(optimizer, tc, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        accelerator.register_save_state_pre_hook(trainable_only_hook)
+    if resume is not None:
+        accelerator.load_state(str(resume), strict=False)
+        if main:
+            print(f"resumed from {resume} at step {state.global_step}")
+
+    logger = RunLogger(out, tc.report_to, enabled=main)
+    pad_id = tokenizer.pad_token_id
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seen_units: list[int] = []
+    first_loss = last_loss = eval_loss = tok_s = None
+    window_tokens, window_start, started = 0, time.perf_counter(), time.perf_counter()
+    epoch_cache: dict[int, list[list[int]]] = {}
+    eval_before = None
+    if data.val and state.global_step == 0:
+        eval_before = _eval_loss(model, data.val, pad_id, tc.batch_size, accelerator)
+        logger.log({"step": 0, "eval_loss": round(eval_before, 5)})
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not main, desc="train", unit="step")
+    model.train()
+    while state.global_step < total_steps:
+        epoch, step_in_epoch = divmod(state.global_step, plan.steps_per_epoch)
+        if epoch not in epoch_cache:
+            epoch_cache = {epoch: plan.epoch_batches(epoch)}
+        micro_ids = plan.step_batches(epoch_cache[epoch], step_in_epoch, rank)
+        micro = [collate([data.train[i] for i in ids], pad_id) for ids in micro_ids]
+        micro = [{k: v.to(accelerator.device) for k, v in mb.items()} for mb in micro]
+        counts = torch.tensor([float(sum(count_targets(mb) for mb in micro)),
+                               float(sum(len(data.train[i]["input_ids"]) for ids in micro_ids for i in ids))])
+        counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+        n_targets = max(1.0, float(counts[0]))
+        # Loss normalised by the target tokens of the whole step (all micro-batches, all processes);
+        # DDP averages gradients over processes, hence the factor `world`.
+        step_loss = torch.zeros((), device=accelerator.device)
+        for k, mb in enumerate(micro):
+            sync = k == len(micro) - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                loss_sum = summed_loss(model, mb)
+                accelerator.backward(loss_sum * (world / n_targets))
+            step_loss += loss_sum.detach()
+        seen_units.extend(i for ids in micro_ids for i in ids)
+        grad_norm = None
+        if tc.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        last_loss = float(accelerator.reduce(step_loss, "sum")) / n_targets
+        first_loss = last_loss if first_loss is None else first_loss
+        window_tokens += int(counts[1])
+        bar.update(1)
+
+        step = state.global_step
+        if step % tc.logging_steps == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            tok_s = window_tokens / max(elapsed, 1e-9)
+            record = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4), "loss": round(last_loss, 5),
+                      "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tok_s, 1),
+                      "elapsed_s": round(time.perf_counter() - started, 2)}
+            if grad_norm is not None:
+                record["grad_norm"] = round(grad_norm, 4)
+            logger.log(record)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:.0f}")
+            window_tokens, window_start = 0, time.perf_counter()
+        if tc.eval_steps and (step % tc.eval_steps == 0 or step == total_steps):
+            eval_loss = _evaluate(cfg, model, tokenizer, data, accelerator, evaluator, state, logger, out)
+        if tc.save_steps and step % tc.save_steps == 0 and step < total_steps:
+            save_checkpoint(accelerator, ckpt_root, state, tc.save_total_limit)
+    bar.close()
+    if not tc.eval_steps and data.val:
+        eval_loss = _eval_loss(model, data.val, pad_id, tc.batch_size, accelerator)
+        logger.log({"step": state.global_step, "eval_loss": round(eval_loss, 5)})
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if world > 1:
+        _write_rank_record(out, rank, world, seen_units, unwrapped)
+    if main:
+        save_trained(unwrapped, tokenizer, out, tc.finetuning)
+        plot_loss(read_log(out / "train_log.jsonl"), out / "loss.png")
+    logger.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(out, state.global_step, first_loss, last_loss, eval_loss, eval_before, tok_s,
+                       time.perf_counter() - started, state.best_step, main)
+
+
+def _evaluate(cfg, model, tokenizer, data, accelerator, evaluator, state, logger, out) -> float | None:
+    """Eval loss, plus the task metric when an evaluator is given; keeps the best checkpoint by that metric."""
+    record: dict[str, Any] = {"step": state.global_step}
+    eval_loss = None
+    if data.val:
+        eval_loss = _eval_loss(model, data.val, tokenizer.pad_token_id, cfg.train.batch_size, accelerator)
+        record["eval_loss"] = round(eval_loss, 5)
+    if evaluator is not None:
+        metrics = evaluator(accelerator.unwrap_model(model), tokenizer, state.global_step)
+        model.train()
+        record.update({f"eval_{k}": v for k, v in metrics.items() if k != "metric"})
+        if "metric" in metrics and (state.best_metric is None or metrics["metric"] > state.best_metric):
+            state.best_metric, state.best_step = metrics["metric"], state.global_step
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_trained(accelerator.unwrap_model(model), tokenizer, out / "best", cfg.train.finetuning)
+                (out / "best" / "best.json").write_text(json.dumps(record, indent=2))
+    if len(record) > 1:
+        logger.log(record)
+    return eval_loss
+
+
+def _write_rank_record(out: Path, rank: int, world: int, seen: list[int], model: torch.nn.Module) -> None:
+    """Per-process provenance of a distributed run: which units it trained on and a digest of its weights."""
+    path = out / "dist" / f"rank-{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"rank": rank, "world_size": world, "units": seen, "weights_sha256": _weights_digest(model)}
+    path.write_text(json.dumps(record))

@@ -1,0 +1,53 @@
+"""stream_chat / chat_once on the tiny Llama: streaming equals the whole answer, stops at the eos ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasktune.config.schema import ModelConfig
+from tasktune.model.generate import chat_once, stop_token_ids, stream_chat
+from tasktune.model.load import load_model, load_tokenizer
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
+    return load_model(cfg), load_tokenizer(cfg, padding_side="left")
+
+
+def test_stop_ids_include_im_end(tiny):
+    model, tokenizer = tiny
+    assert 2 in stop_token_ids(model, tokenizer)
+
+
+def test_stream_pieces_join_to_the_greedy_answer(tiny):
+    model, tokenizer = tiny
+    pieces = list(stream_chat(model, tokenizer, MESSAGES, max_new_tokens=6))
+    assert len(pieces) >= 1 and all(pieces)
+    assert "".join(pieces) == chat_once(model, tokenizer, MESSAGES, max_new_tokens=6)
+
+
+def test_generation_stops_at_an_eos_id(tiny, monkeypatch):
+    model, tokenizer = tiny
+    prompt_len = len(tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"])
+    full = model.generate(
+        **tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True,
+                                        return_tensors="pt"),
+        max_new_tokens=6, do_sample=False, eos_token_id=None,
+    )[0, prompt_len:].tolist()
+    assert len(full) == 6
+    # make the first greedy token an end token: the answer must stop right after it
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [full[0]])
+    stopped = chat_once(model, tokenizer, MESSAGES, max_new_tokens=6)
+    assert stopped == tokenizer.decode(full[:1], skip_special_tokens=True)
+    assert stopped != tokenizer.decode(full, skip_special_tokens=True)
+
+
+def test_closing_the_stream_early_stops_generation(tiny):
+    model, tokenizer = tiny
+    stream = stream_chat(model, tokenizer, MESSAGES, max_new_tokens=200)
+    assert next(stream)
+    stream.close()  # joins the generation thread; would hang if generation ignored the stop event

@@ -16,8 +16,8 @@ import random
 import re
 from pathlib import Path
 
+from tasktune.config.task import TaskConfig
 from tasktune.tasks import ner
-from tasktune.tasks.config import TaskConfig
 
 SEED = 2024
 N_TRAIN, N_DEV = 320, 80

@@ -8,10 +8,10 @@ import pytest
 from conftest import SHARED_DATA, needs_shared
 
 from tasktune.config.schema import ConfigError
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import RowError
 from tasktune.tasks import classify
 from tasktune.tasks.classify import ClassifyRow
-from tasktune.tasks.config import TaskConfig
 
 SPEC = TaskConfig(name="classify", labels=["negative", "positive"])
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import RowError
 from tasktune.tasks import ner
-from tasktune.tasks.config import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "data" / "demo"

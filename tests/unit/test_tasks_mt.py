@@ -10,8 +10,8 @@ import pytest
 import sacrebleu
 from conftest import SHARED_DATA, needs_shared
 
+from tasktune.config.task import TaskConfig
 from tasktune.tasks import mt
-from tasktune.tasks.config import TaskConfig
 from tasktune.tasks.mt import MtRow
 
 SPEC = TaskConfig(name="mt")

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tasktune.config.schema import ConfigError
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import RowError
 from tasktune.tasks import bio, ner
-from tasktune.tasks.config import TaskConfig
 from tasktune.tasks.ner import Entity, NerRow
 
 SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"])

@@ -7,9 +7,9 @@ import random
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import RowError
 from tasktune.tasks import bio, ner
-from tasktune.tasks.config import TaskConfig
 
 pytestmark = needs_shared("ner/conll2003")
 DEV = SHARED_DATA / "ner" / "conll2003" / "dev.jsonl"

@@ -12,9 +12,9 @@ from collections import Counter
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import RowError
 from tasktune.tasks import qa
-from tasktune.tasks.config import TaskConfig
 from tasktune.tasks.qa import QaRow
 
 SPEC = TaskConfig(name="qa")

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tasktune.config.errors import ConfigError, one_of
+from tasktune.config.task import EvalConfig, TaskConfig
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used, with a message that says how to fix it."""
-
-
-def _one_of(section: str, name: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{section}.{name}={value!r}: expected one of {', '.join(map(str, allowed))}")
+__all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LoraConfig", "ModelConfig", "OutputConfig",
+           "TaskConfig", "TrainConfig"]
 
 
 @dataclass
@@ -33,14 +30,15 @@ class ModelConfig:
     """Run Python code shipped with a model directory. Off unless you trust the model's source."""
 
     def check(self) -> None:
-        _one_of("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _one_of("model", "attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        one_of("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        one_of("model", "attn_implementation", self.attn_implementation, ("sdpa", "eager"))
 
 
 @dataclass
 class DataConfig:
-    datasets: list[str] = field(default_factory=lambda: ["demo_ner_instruct"])
-    """Datasets to train on: names in `dataset_dir`/dataset_info.json, or paths to json/jsonl/csv/parquet files."""
+    datasets: list[str] = field(default_factory=list)
+    """Datasets to train on: names in `dataset_dir`/dataset_info.json, or json/jsonl/csv/parquet paths.
+    May stay empty when task.train_file provides the data."""
     dataset_dir: str = "data"
     """Folder with a LLaMA-Factory style dataset_info.json; file names in it are relative to this folder."""
     weights: list[float] | None = None
@@ -61,15 +59,13 @@ class DataConfig:
     """Seed for shuffling, mixing and the validation split."""
 
     def check(self) -> None:
-        if not self.datasets:
-            raise ConfigError("data.datasets is empty: name at least one dataset")
         if self.weights is not None and len(self.weights) != len(self.datasets):
             raise ConfigError(
                 f"data.weights has {len(self.weights)} values for {len(self.datasets)} datasets"
             )
         if self.cutoff_len < 8:
             raise ConfigError(f"data.cutoff_len={self.cutoff_len}: must be at least 8")
-        _one_of("data", "overlong", self.overlong, ("truncate", "reject"))
+        one_of("data", "overlong", self.overlong, ("truncate", "reject"))
         if not 0.0 <= self.max_rejected_share <= 1.0:
             raise ConfigError("data.max_rejected_share must be within [0, 1]")
 
@@ -138,9 +134,9 @@ class TrainConfig:
     """Loggers: jsonl (always written) and optionally tensorboard."""
 
     def check(self) -> None:
-        _one_of("train", "finetuning", self.finetuning, ("lora", "full", "freeze"))
-        _one_of("train", "lr_scheduler", self.lr_scheduler, ("cosine", "linear", "constant"))
-        _one_of("train", "mixed_precision", self.mixed_precision, ("auto", "bf16", "fp16", "no"))
+        one_of("train", "finetuning", self.finetuning, ("lora", "full", "freeze"))
+        one_of("train", "lr_scheduler", self.lr_scheduler, ("cosine", "linear", "constant"))
+        one_of("train", "mixed_precision", self.mixed_precision, ("auto", "bf16", "fp16", "no"))
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
         if self.max_steps <= 0 and self.num_epochs <= 0:
@@ -167,3 +163,5 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasktune.config.schema import ConfigError
+from tasktune.config.task import TaskConfig
 from tasktune.tasks import classify, mt, ner, qa
 from tasktune.tasks.base import Task, TaskRow
-from tasktune.tasks.config import TaskConfig
 
 TASKS: dict[str, Task] = {module.name: module for module in (ner, classify, qa, mt)}  # type: ignore[misc]
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, Message, RowError
-from tasktune.tasks.config import TaskConfig
 
 
 class TaskRow(Protocol):

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tasktune.config.schema import ConfigError
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, RowError
 from tasktune.tasks.base import conversation, iter_records, row_error, row_id
-from tasktune.tasks.config import TaskConfig
 from tasktune.tasks.metrics import format_table, macro, prf, ratio
 
 name = "classify"

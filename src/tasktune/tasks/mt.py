@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, RowError
 from tasktune.tasks.base import conversation, is_cjk_language, iter_records, row_error, row_id
-from tasktune.tasks.config import TaskConfig
 
 name = "mt"
 

@@ -1,10 +1,10 @@
-"""The task section of the run configuration (to be nested into the main `Config` as `task`)."""
+"""The `task` and `eval` sections of the run configuration."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tasktune.config.schema import ConfigError
+from tasktune.config.errors import ConfigError
 
 TASK_NAMES = ("ner", "classify", "qa", "mt")
 NER_OUTPUT_FORMATS = ("json", "inline")
@@ -18,7 +18,9 @@ class TaskConfig:
     train_file: str | None = None
     """Task data to train on: jsonl, json, csv/tsv, or CoNLL/BIO columns for ner."""
     eval_file: str | None = None
-    """Task data to score on, in the same formats as train_file."""
+    """Development data scored during training and by `tasktune eval` (eval.split=eval)."""
+    test_file: str | None = None
+    """Held-out test data, scored by `tasktune eval` with eval.split=test."""
     labels: list[str] | None = None
     """Label names (classify) or entity types (ner), in id order; None: inferred from train_file."""
     label_descriptions: dict[str, str] = field(default_factory=dict)
@@ -69,3 +71,40 @@ class TaskConfig:
             raise ConfigError(
                 "task.source_lang and task.target_lang are set together (or both left to the rows)"
             )
+
+
+@dataclass
+class EvalConfig:
+    split: str = "eval"
+    """Which task file `tasktune eval` scores: eval (task.eval_file) | test (task.test_file) | train."""
+    limit: int | None = None
+    """Score a deterministic sample of at most this many examples (None: all)."""
+    checkpoint: str = "auto"
+    """Model scored: auto (this run's best/ or final adapter/model in output.dir if present, else the base
+    model with model.adapter) | base (model.name_or_path with model.adapter) | a directory (adapter or model)."""
+    batch_size: int = 16
+    """Prompts generated together (left-padded, similar lengths batched)."""
+    max_new_tokens: int | None = None
+    """Generation budget per example; None: the task's default."""
+    constrained: bool | None = None
+    """Constrain decoding to the task's output format; None: the task's default (on for classify)."""
+    scoring: str = "generate"
+    """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
+    during_training_limit: int = 200
+    """Examples of the eval split scored at every train.eval_steps (a fixed, seeded sample)."""
+    metric_for_best: str | None = None
+    """Metric that picks the best checkpoint during training; None: the task's headline metric."""
+    output_dir: str | None = None
+    """Where predictions.jsonl, metrics.json and plots go; None: OUTPUT_DIR/eval."""
+    seed: int = 0
+    """Seed of the sample taken by limit."""
+
+    def check(self) -> None:
+        if self.split not in ("eval", "test", "train"):
+            raise ConfigError(f"eval.split={self.split!r}: expected one of eval, test, train")
+        if self.scoring not in ("generate", "loglik"):
+            raise ConfigError(f"eval.scoring={self.scoring!r}: expected one of generate, loglik")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("eval.limit must be at least 1 (or null for all)")
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size must be at least 1")

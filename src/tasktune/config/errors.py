@@ -1,0 +1,12 @@
+"""The error every config section raises, and the shared membership check."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used, with a message that says how to fix it."""
+
+
+def one_of(section: str, name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}={value!r}: expected one of {', '.join(map(str, allowed))}")

@@ -45,6 +45,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.main_process and result.first_loss is not None:
         print(f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} in {result.global_step} steps, "
               f"{result.seconds:.0f} s; output in {result.output_dir}")
+        if result.best_step is not None:
+            print(f"best checkpoint: step {result.best_step} ({cfg.eval.metric_for_best or 'metric'} "
+                  f"{result.best_metric:.4f}) in {result.output_dir / 'best'}")
     return 0
 
 

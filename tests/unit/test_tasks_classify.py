@@ -31,7 +31,7 @@ def test_jsonl_reader_maps_ids_and_rejects_bad_rows_with_file_and_line(tmp_path)
     items = list(classify.read(path, SPEC))
     assert [(r.text, r.label) for r in items[:2]] == [("great fun", "positive"), ("dull", "negative")]
     assert items[0].source == f"{path}:1"
-    assert [(e.reason, e.detail.split(": ")[0]) for e in items[2:]] == [
+    assert [(e.reason, e.source) for e in items[2:]] == [
         ("unknown_label", f"{path}:3"),
         ("empty_text", f"{path}:4"),
         ("unknown_label", f"{path}:5"),
@@ -50,7 +50,7 @@ def test_csv_reader_with_field_overrides_and_quoted_newlines(tmp_path):
     first, second, third = classify.read(path, spec)
     assert (first.text, first.label, first.source) == ("good\nvery good", "positive", f"{path}:2")
     assert (second.label, second.source) == ("negative", f"{path}:4")
-    assert isinstance(third, RowError) and third.reason == "empty_text" and f"{path}:5" in third.detail
+    assert isinstance(third, RowError) and third.reason == "empty_text" and third.source == f"{path}:5"
 
 
 def test_labels_are_inferred_from_train_and_reported(tmp_path):

@@ -38,7 +38,7 @@ def test_reader_collects_references_and_languages(tmp_path):
     assert (first.id, first.text, first.references, first.src_lang) == ("7", "你好", ["Hello", "Hi"], "zh")
     assert second.references == ["Thanks", "Thank you"] and second.tgt_lang == "en"
     assert second.source == f"{path}:2"
-    assert [(e.reason, e.detail.split(": ")[0]) for e in errors] == [
+    assert [(e.reason, e.source) for e in errors] == [
         ("missing_field", f"{path}:3"),
         ("empty_text", f"{path}:4"),
         ("missing_field", f"{path}:5"),

@@ -61,7 +61,7 @@ def test_jsonl_reader_keeps_good_rows_and_rejects_bad_ones_with_file_and_line(tm
     assert isinstance(good, NerRow) and good.source == f"{path}:1" and good.id == "ner.jsonl:1"
     assert [(e.type, e.text) for e in good.entities] == [("PER", "Anna"), ("LOC", "Rome")]  # sorted by offset
     assert all(isinstance(e, RowError) for e in errors)
-    assert [(e.reason, e.detail.split(": ")[0]) for e in errors] == [
+    assert [(e.reason, e.source) for e in errors] == [
         ("offset_mismatch", f"{path}:2"),
         ("invalid_json", f"{path}:3"),
         ("empty_text", f"{path}:5"),
@@ -87,7 +87,7 @@ def test_cluener_label_maps_become_entities_with_exclusive_ends(tmp_path):
     ]
     assert all(text[e.start : e.end] == e.text for e in first.entities)
     assert (
-        isinstance(second, RowError) and second.reason == "offset_mismatch" and f"{path}:2" in second.detail
+        isinstance(second, RowError) and second.reason == "offset_mismatch" and second.source == f"{path}:2"
     )
 
 
@@ -134,7 +134,7 @@ def test_conll_reader_rejects_bad_sentences_and_goes_on(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_text("Anna B-PER\nlonely\n\nRome X-LOC\n\nOslo I-LOC\n\nBob B-PER\n")
     items = list(ner.read(path, TaskConfig(name="ner", tag_scheme="iob2")))
-    assert [(i.reason, i.detail.split(": ")[0]) for i in items[:3]] == [
+    assert [(i.reason, i.source) for i in items[:3]] == [
         ("missing_field", f"{path}:2"),
         ("invalid_tag", f"{path}:4"),
         ("invalid_tag", f"{path}:6"),  # I- opening an entity is not IOB2
@@ -154,7 +154,7 @@ def test_json_rows_with_tokens_and_tags_and_sniffed_jsonl(tmp_path):
     first, *errors = ner.read(path, SPEC)
     assert first.text == "Anna visited New York"
     assert first.entities == [Entity("PER", "Anna", 0, 4), Entity("LOC", "New York", 13, 21)]
-    assert [(e.reason, e.detail.split(": ")[0]) for e in errors] == [
+    assert [(e.reason, e.source) for e in errors] == [
         ("missing_field", f"{path}:2"),
         ("offset_mismatch", f"{path}:3"),
     ]

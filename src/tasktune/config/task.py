@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 from tasktune.config.errors import ConfigError
 
 TASK_NAMES = ("ner", "classify", "qa", "mt")
+
+
+def row_slice(text: str | None, where: str = "range") -> slice:
+    """`"start:end"` (either side may be empty) -> slice; None -> everything."""
+    if text is None:
+        return slice(None)
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, end = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ConfigError(f"{where}={text!r}: expected start:end, e.g. :1000 or 800:") from None
+    return slice(start, end)
 NER_OUTPUT_FORMATS = ("json", "inline")
 TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
 
@@ -21,6 +35,10 @@ class TaskConfig:
     """Development data scored during training and by `tasktune eval` (eval.split=eval)."""
     test_file: str | None = None
     """Held-out test data, scored by `tasktune eval` with eval.split=test."""
+    train_range: str | None = None
+    """Rows of train_file used, as a Python slice over its valid rows: ":1000" (the first 1000), "200:"."""
+    eval_range: str | None = None
+    """Rows of the scored file used, as a slice ("800:" scores what a train_range ":800" left out)."""
     labels: list[str] | None = None
     """Label names (classify) or entity types (ner), in id order; None: inferred from train_file."""
     label_descriptions: dict[str, str] = field(default_factory=dict)
@@ -67,6 +85,10 @@ class TaskConfig:
             unknown = sorted(set(self.label_descriptions) - set(self.labels))
             if unknown:
                 raise ConfigError(f"task.label_descriptions names labels not in task.labels: {unknown}")
+        for key in ("train_range", "eval_range"):
+            value = getattr(self, key)
+            if value is not None:
+                row_slice(value, f"task.{key}")
         if self.name == "mt" and (self.source_lang is None) != (self.target_lang is None):
             raise ConfigError(
                 "task.source_lang and task.target_lang are set together (or both left to the rows)"

@@ -76,7 +76,9 @@ _NEXT_ROLES = {
 class RowError(ValueError):
     """A row that cannot become a conversation; `reason` is a short stable key for the report."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", source: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.source = source
+        """`file:line` of the row when the raiser knows it."""

@@ -11,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasktune.config.schema import ConfigError
-from tasktune.config.task import TaskConfig
+from tasktune.config.task import TaskConfig, row_slice
+from tasktune.data.messages import Conversation, RowError
+from tasktune.data.report import RejectReport
 from tasktune.tasks import classify, mt, ner, qa
 from tasktune.tasks.base import Task, TaskRow
 
@@ -42,4 +44,29 @@ def resolve_labels(spec: TaskConfig) -> tuple[TaskConfig, str | None]:
     return replace(spec, labels=labels), report
 
 
-__all__ = ["TASKS", "Task", "TaskConfig", "TaskRow", "get_task", "resolve_labels"]
+
+
+def task_rows(spec: TaskConfig, path: str | Path, report: RejectReport, rows: str | None = None) -> list[TaskRow]:
+    """Valid rows of a task file (bad ones go to the report with their file:line), sliced by `rows`."""
+    valid: list[TaskRow] = []
+    for item in get_task(spec.name).read(path, spec):
+        if isinstance(item, RowError):
+            report.add(item.source or str(path), item)
+        else:
+            valid.append(item)
+    return valid[row_slice(rows)]
+
+
+def task_conversations(spec: TaskConfig, path: str | Path, report: RejectReport) -> list[Conversation]:
+    """The rows of task.train_range of a task file as training conversations."""
+    task = get_task(spec.name)
+    conversations: list[Conversation] = []
+    for row in task_rows(spec, path, report, spec.train_range):
+        try:
+            conversations.append(task.to_messages(row, spec))
+        except RowError as err:
+            report.add(row.source, err)
+    return conversations
+
+
+__all__ = ["TASKS", "Task", "TaskConfig", "TaskRow", "get_task", "resolve_labels", "task_conversations", "task_rows"]

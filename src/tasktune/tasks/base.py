@@ -38,8 +38,8 @@ class Task(Protocol):
 
 
 def row_error(reason: str, source: str, detail: str) -> RowError:
-    """A rejected row whose detail starts with its `file:line`."""
-    return RowError(reason, f"{source}: {detail}")
+    """A rejected row that knows its `file:line`."""
+    return RowError(reason, detail, source)
 
 
 def conversation(

@@ -19,15 +19,13 @@ from tqdm.auto import tqdm
 
 from tasktune.config.load import save_config
 from tasktune.config.schema import Config, ConfigError
-from tasktune.data.collate import collate
-from tasktune.data.pipeline import PreparedData, build_datasets
-from tasktune.model.adapters import prepare_for_training, save_trained
-from tasktune.model.load import load_model, load_tokenizer
+from tasktune.data.pipeline import PreparedData
+from tasktune.model.load import load_tokenizer
 from tasktune.train.checkpoint import TrainerState, resolve_resume, save_checkpoint, trainable_only_hook
 from tasktune.train.logs import RunLogger, plot_loss, read_log
 from tasktune.train.optim import build_optimizer, build_scheduler
 from tasktune.train.order import BatchPlan
-from tasktune.train.step import count_targets, summed_loss
+from tasktune.train.route import Route, resolve_task, route_for
 
 # A scorer run during training: (unwrapped model, tokenizer, step) -> metrics; "metric" picks the best.
 Evaluator = Callable[[torch.nn.Module, Any, int], dict[str, float]]
@@ -44,6 +42,7 @@ class TrainResult:
     tokens_per_s: float | None
     seconds: float
     best_step: int | None = None
+    best_metric: float | None = None
     main_process: bool = True
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -74,16 +73,16 @@ def prepare_output_dir(cfg: Config, resuming: bool) -> Path:
     return out
 
 
-def _eval_loss(model, units: list[dict], pad_id: int, batch_size: int, accelerator: Accelerator) -> float:
-    """Loss per target token over the validation units, split across processes."""
+def _eval_loss(route: Route, model, units: list[dict], pad_id: int, batch_size: int, accelerator: Accelerator) -> float:
+    """Loss per target over the validation units, split across processes."""
     model.eval()
     total = torch.zeros(2)
     mine = units[accelerator.process_index :: accelerator.num_processes]
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
-            batch = collate(mine[start : start + batch_size], pad_id)
+            batch = route.collate(mine[start : start + batch_size], pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            total += torch.tensor([summed_loss(model, batch).item(), count_targets(batch)])
+            total += torch.tensor([route.summed_loss(model, batch).item(), route.count_targets(batch)])
     model.train()
     total = accelerator.reduce(total.to(accelerator.device), "sum").cpu()
     return float(total[0] / max(1.0, float(total[1])))
@@ -99,10 +98,17 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 
 def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | None = None) -> TrainResult:
-    """Fine-tune `cfg.model` on `cfg.data`; write adapter/model, logs, plot and checkpoints to `cfg.output.dir`."""
+    """Fine-tune `cfg.model` on `cfg.data` (or the task's data); write adapter/model, logs, plot and
+    checkpoints to `cfg.output.dir`. `evaluator` scores the model at every train.eval_steps."""
     for section in (cfg.model, cfg.data, cfg.lora, cfg.train):
         section.check()
+    resolve_task(cfg)
+    route = route_for(cfg)
     tc = cfg.train
+    if evaluator is None and tc.eval_steps and cfg.task.name and cfg.task.eval_file:
+        from tasktune.evaluate.runner import make_training_evaluator
+
+        evaluator = make_training_evaluator(cfg)
     # Without a GPU, accelerate recognises a torchrun/`accelerate launch` world (gloo) only when told cpu=True.
     accelerator = Accelerator(mixed_precision=resolve_precision(tc.mixed_precision),
                               cpu=not torch.cuda.is_available())
@@ -118,11 +124,11 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     tokenizer = load_tokenizer(cfg.model)
     if data is None:
         with accelerator.main_process_first():
-            data = build_datasets(cfg.data, tokenizer, out if main else None)
+            data = route.build_data(cfg, tokenizer, out if main else None)
     if not data.train:
         raise ConfigError("no training examples left after validation: see rejected.jsonl")
 
-    model = prepare_for_training(load_model(cfg.model), tc, cfg.lora)
+    model = route.build_model(cfg)
     optimizer = build_optimizer(model, tc)
     plan = BatchPlan([len(u["input_ids"]) for u in data.train], tc.batch_size, tc.grad_accum,
                      accelerator.num_processes, tc.seed)
@@ -149,7 +155,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     epoch_cache: dict[int, list[list[int]]] = {}
     eval_before = None
     if data.val and state.global_step == 0:
-        eval_before = _eval_loss(model, data.val, pad_id, tc.batch_size, accelerator)
+        eval_before = _eval_loss(route, model, data.val, pad_id, tc.batch_size, accelerator)
         logger.log({"step": 0, "eval_loss": round(eval_before, 5)})
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not main, desc="train", unit="step")
     model.train()
@@ -158,9 +164,9 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         if epoch not in epoch_cache:
             epoch_cache = {epoch: plan.epoch_batches(epoch)}
         micro_ids = plan.step_batches(epoch_cache[epoch], step_in_epoch, rank)
-        micro = [collate([data.train[i] for i in ids], pad_id) for ids in micro_ids]
+        micro = [route.collate([data.train[i] for i in ids], pad_id) for ids in micro_ids]
         micro = [{k: v.to(accelerator.device) for k, v in mb.items()} for mb in micro]
-        counts = torch.tensor([float(sum(count_targets(mb) for mb in micro)),
+        counts = torch.tensor([float(sum(route.count_targets(mb) for mb in micro)),
                                float(sum(len(data.train[i]["input_ids"]) for ids in micro_ids for i in ids))])
         counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
         n_targets = max(1.0, float(counts[0]))
@@ -170,7 +176,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         for k, mb in enumerate(micro):
             sync = k == len(micro) - 1
             with nullcontext() if sync else accelerator.no_sync(model):
-                loss_sum = summed_loss(model, mb)
+                loss_sum = route.summed_loss(model, mb)
                 accelerator.backward(loss_sum * (world / n_targets))
             step_loss += loss_sum.detach()
         seen_units.extend(i for ids in micro_ids for i in ids)
@@ -199,12 +205,12 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:.0f}")
             window_tokens, window_start = 0, time.perf_counter()
         if tc.eval_steps and (step % tc.eval_steps == 0 or step == total_steps):
-            eval_loss = _evaluate(cfg, model, tokenizer, data, accelerator, evaluator, state, logger, out)
+            eval_loss = _evaluate(cfg, route, model, tokenizer, data, accelerator, evaluator, state, logger, out)
         if tc.save_steps and step % tc.save_steps == 0 and step < total_steps:
             save_checkpoint(accelerator, ckpt_root, state, tc.save_total_limit)
     bar.close()
     if not tc.eval_steps and data.val:
-        eval_loss = _eval_loss(model, data.val, pad_id, tc.batch_size, accelerator)
+        eval_loss = _eval_loss(route, model, data.val, pad_id, tc.batch_size, accelerator)
         logger.log({"step": state.global_step, "eval_loss": round(eval_loss, 5)})
 
     accelerator.wait_for_everyone()
@@ -212,20 +218,20 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     if world > 1:
         _write_rank_record(out, rank, world, seen_units, unwrapped)
     if main:
-        save_trained(unwrapped, tokenizer, out, tc.finetuning)
+        route.save(unwrapped, tokenizer, out, tc.finetuning)
         plot_loss(read_log(out / "train_log.jsonl"), out / "loss.png")
     logger.close()
     accelerator.wait_for_everyone()
     return TrainResult(out, state.global_step, first_loss, last_loss, eval_loss, eval_before, tok_s,
-                       time.perf_counter() - started, state.best_step, main)
+                       time.perf_counter() - started, state.best_step, state.best_metric, main)
 
 
-def _evaluate(cfg, model, tokenizer, data, accelerator, evaluator, state, logger, out) -> float | None:
+def _evaluate(cfg, route, model, tokenizer, data, accelerator, evaluator, state, logger, out) -> float | None:
     """Eval loss, plus the task metric when an evaluator is given; keeps the best checkpoint by that metric."""
     record: dict[str, Any] = {"step": state.global_step}
     eval_loss = None
     if data.val:
-        eval_loss = _eval_loss(model, data.val, tokenizer.pad_token_id, cfg.train.batch_size, accelerator)
+        eval_loss = _eval_loss(route, model, data.val, tokenizer.pad_token_id, cfg.train.batch_size, accelerator)
         record["eval_loss"] = round(eval_loss, 5)
     if evaluator is not None:
         metrics = evaluator(accelerator.unwrap_model(model), tokenizer, state.global_step)
@@ -235,7 +241,7 @@ def _evaluate(cfg, model, tokenizer, data, accelerator, evaluator, state, logger
             state.best_metric, state.best_step = metrics["metric"], state.global_step
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_trained(accelerator.unwrap_model(model), tokenizer, out / "best", cfg.train.finetuning)
+                route.save(accelerator.unwrap_model(model), tokenizer, out / "best", cfg.train.finetuning)
                 (out / "best" / "best.json").write_text(json.dumps(record, indent=2))
     if len(record) > 1:
         logger.log(record)

@@ -1,0 +1,153 @@
+"""Constrained decoding: logits processors that allow only what a task's `output_constraint` accepts.
+
+`{"type": "choice", "choices": [...]}` -> a token trie over the labels (ours); `{"type": "json_schema",
+"schema": {...}}` -> lm-format-enforcer's JsonSchemaParser driven by our processor (its own transformers
+integration does not import on transformers 5). Both look only at the tokens a row generated so far, so they
+work with left-padded batches; a row that already emitted a stop token is left alone.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from tasktune.config.schema import ConfigError
+
+MAX_JSON_WHITESPACE = 1
+"""Consecutive whitespace characters allowed in constrained JSON (json.dumps writes `, ` and `: `)."""
+
+_ENFORCER_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def label_token_ids(tokenizer, labels: Sequence[str]) -> tuple[list[list[int]], int]:
+    """Each label's token ids as the chat template puts them after the generation prompt, and the id of
+    the token that ends the assistant turn (the tokenizer's eos when the template shows none)."""
+    user = [{"role": "user", "content": "x"}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    prompt_ids = _encode(tokenizer, prompt)
+    result, end_id = [], None
+    for label in labels:
+        ids = _encode(tokenizer, prompt + label)
+        ids = ids[len(prompt_ids) :] if ids[: len(prompt_ids)] == prompt_ids else _encode(tokenizer, label)
+        result.append(ids)
+        if end_id is None:
+            full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": label}], tokenize=False)
+            full_ids = _encode(tokenizer, full)
+            rest = full_ids[len(prompt_ids) :] if full_ids[: len(prompt_ids)] == prompt_ids else []
+            if rest[: len(ids)] == ids and len(rest) > len(ids):
+                end_id = rest[len(ids)]
+    return result, end_id if end_id is not None else tokenizer.eos_token_id
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class SuffixConstraint(LogitsProcessor):
+    """Masks each row's logits to the tokens `allowed` after what the row generated since `prompt_length`."""
+
+    def __init__(self, stop_ids: Sequence[int]):
+        self.stop_ids = list(stop_ids)
+        self.prompt_length = 0
+
+    def start(self, prompt_length: int) -> SuffixConstraint:
+        """Begin a new batch whose (left-padded) prompts are `prompt_length` tokens long."""
+        self.prompt_length = prompt_length
+        return self
+
+    def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:
+        raise NotImplementedError
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        mask = torch.full_like(scores, float("-inf"))
+        stops = set(self.stop_ids)
+        for b, row in enumerate(input_ids[:, self.prompt_length :].tolist()):
+            if stops.intersection(row):  # finished: generate() pads it anyway
+                mask[b] = 0
+                continue
+            ids = [i for i in self.allowed(tuple(row)) if i < vocab] or self.stop_ids
+            mask[b, ids] = 0
+        return scores + mask
+
+
+class ChoiceConstraint(SuffixConstraint):
+    """Exactly one of the labels (its tokenization after the generation prompt), then a stop token."""
+
+    def __init__(self, tokenizer, choices: Sequence[str], stop_ids: Sequence[int]):
+        super().__init__(stop_ids)
+        if not choices:
+            raise ConfigError("a choice constraint needs at least one label")
+        self.trie: dict[int, Any] = {}
+        for ids in label_token_ids(tokenizer, choices)[0]:
+            node = self.trie
+            for token in ids:
+                node = node.setdefault(token, {})
+            node[-1] = {}  # the label may end here
+
+    def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:
+        node = self.trie
+        for token in generated:
+            if token not in node:
+                return self.stop_ids
+            node = node[token]
+        return [t for t in node if t != -1] + (self.stop_ids if -1 in node else [])
+
+
+class JsonSchemaConstraint(SuffixConstraint):
+    """JSON that a schema accepts (lm-format-enforcer); cut by max_new_tokens it is a valid prefix of one."""
+
+    def __init__(self, tokenizer, schema: dict[str, Any], stop_ids: Sequence[int]):
+        super().__init__(stop_ids)
+        from lmformatenforcer import JsonSchemaParser, TokenEnforcer
+
+        self.enforcer = TokenEnforcer(enforcer_data(tokenizer), JsonSchemaParser(schema))
+        self.enforcer.eos_token_id = list(stop_ids)
+        config = self.enforcer.root_parser.config  # TokenEnforcer sets a fresh config: tune it after
+        config.max_consecutive_whitespaces = MAX_JSON_WHITESPACE
+        config.force_json_field_order = True
+
+    def start(self, prompt_length: int) -> SuffixConstraint:
+        self.enforcer.prefix_states.clear()  # per-sequence states; the per-parser-state cache is kept
+        return super().start(prompt_length)
+
+    def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:
+        # -1 stands for the prompt: the enforcer keys its states by whole token sequences
+        return self.enforcer.get_allowed_tokens([-1, *generated]).allowed_tokens
+
+
+def enforcer_data(tokenizer):
+    """lm-format-enforcer's per-tokenizer tables (every regular token's text), built once per tokenizer."""
+    if tokenizer in _ENFORCER_DATA:
+        return _ENFORCER_DATA[tokenizer]
+    from lmformatenforcer import TokenEnforcerTokenizerData
+
+    special = set(tokenizer.all_special_ids)
+    zero = _encode(tokenizer, "0")[-1]
+    regular = []
+    for token in range(len(tokenizer)):
+        if token in special:
+            continue
+        after_zero = tokenizer.decode([zero, token])[1:]  # keeps a word-initial space that decode alone drops
+        regular.append((token, after_zero, len(after_zero) > len(tokenizer.decode([token]))))
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids).rstrip("\ufffd")
+
+    data = TokenEnforcerTokenizerData(regular, decode, tokenizer.eos_token_id, False, len(tokenizer))
+    _ENFORCER_DATA[tokenizer] = data
+    return data
+
+
+def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int]) -> SuffixConstraint:
+    """The processor for a task's `output_constraint` spec."""
+    kind = spec.get("type")
+    if kind == "choice":
+        return ChoiceConstraint(tokenizer, spec["choices"], stop_ids)
+    if kind == "json_schema":
+        return JsonSchemaConstraint(tokenizer, spec["schema"], stop_ids)
+    raise ConfigError(f"unknown output constraint type {kind!r}: expected choice or json_schema")

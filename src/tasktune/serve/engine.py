@@ -1,0 +1,495 @@
+"""One generation engine for `tasktune chat` and `tasktune api`: a base model plus named LoRA adapters.
+
+All adapters live in one peft model; a worker thread drains a bounded queue, takes the oldest job and the
+waiting jobs that share its model and sampling settings, and runs them as one left-padded `generate`. A
+stopping criterion follows every row: end-of-turn tokens, stop strings, its own token limit, cancellation,
+and streams text deltas to the job's consumer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from tasktune.config.schema import ModelConfig
+from tasktune.model.generate import stop_token_ids
+from tasktune.model.load import load_model, load_tokenizer
+
+BASE_ALIAS = "base"
+"""`model` value that always means the base model (its full name works too)."""
+
+
+class EngineError(Exception):
+    """A request the engine refuses; `status` and `code` map it to an HTTP error."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+
+
+class UnknownModelError(EngineError):
+    status, code, param = 404, "model_not_found", "model"
+
+
+class PromptTooLongError(EngineError):
+    code, param = "context_length_exceeded", "messages"
+
+
+class QueueFullError(EngineError):
+    status, type, code = 429, "rate_limit_error", "queue_full"
+
+
+class EngineClosedError(EngineError):
+    status, type, code = 503, "server_error", "shutting_down"
+
+
+@dataclass
+class SamplingParams:
+    """How to generate one answer. temperature 0 is greedy; `max_new_tokens=None` fills up to the default."""
+
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    """OpenAI `response_format`: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}."""
+
+
+@dataclass
+class Result:
+    """A finished generation; finish_reason: stop (end of turn or stop string) | length | cancelled."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+Event = str | Result | BaseException
+"""What a job sends its consumer, in order: text deltas (streaming only), then one Result or one exception."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One queued generation; `emit` is called from the worker thread."""
+
+    model: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    stream: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+    result: Result | None = None
+
+    def end(self, outcome: Result | BaseException) -> None:
+        """Send the final Result (or the error) once; later calls do nothing."""
+        if self.result is None:
+            self.result = outcome if isinstance(outcome, Result) else Result("", len(self.prompt_ids), 0, "error")
+            self.emit(outcome)
+
+    def batch_key(self) -> tuple | None:
+        """Jobs with equal keys may share a `generate` call; None runs alone (seeded or constrained)."""
+        p = self.params
+        if p.seed is not None or (p.response_format and p.response_format.get("type") != "text"):
+            return None
+        return (self.model, p.temperature > 0, p.temperature if p.temperature > 0 else 0.0, p.top_p)
+
+
+def parse_adapter_specs(specs: list[str] | None) -> dict[str, str]:
+    """["NAME=DIR" or "DIR", ...] -> {name: dir}. A bare DIR is named after its folder (its parent's when the
+    folder is `adapter`, as `tasktune train` writes RUN/adapter)."""
+    adapters: dict[str, str] = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            folder = Path(spec.rstrip("/"))
+            name, path = (folder.parent.name if folder.name == "adapter" else folder.name), spec
+        if not name or not path:
+            raise ValueError(f"--adapter {spec!r}: expected NAME=DIR or DIR")
+        if name in adapters:
+            raise ValueError(f"--adapter: the name {name!r} is given twice; name them NAME=DIR")
+        adapters[name] = path
+    return adapters
+
+
+class _Row:
+    """One job's progress inside a batch: its ids, its decoded text, what was already streamed."""
+
+    def __init__(self, job: Job, stop_ids: set[int], decode: Callable[[list[int]], str]):
+        self.job, self.stop_ids, self.decode = job, stop_ids, decode
+        self.ids: list[int] = []
+        self.sent = 0
+        self.done = False
+        self.limit = job.params.max_new_tokens or 0
+        self.text = ""
+
+    def feed(self, token: int) -> None:
+        if self.job.cancel.is_set():
+            return self.finish("cancelled")
+        if token in self.stop_ids:
+            return self.finish("stop")
+        self.ids.append(token)
+        if self.job.params.stop or self.job.stream:
+            self.text = self.decode(self.ids)
+            cut = _first_stop(self.text, self.job.params.stop)
+            if cut is not None:
+                self.text = self.text[:cut]
+                return self.finish("stop")
+        if len(self.ids) >= self.limit:
+            return self.finish("length")
+        if self.job.stream:
+            visible = len(self.text) - _held_back(self.text, self.job.params.stop)
+            if visible > self.sent:
+                self.job.emit(self.text[self.sent:visible])
+                self.sent = visible
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if not (self.job.params.stop or self.job.stream):
+            self.text = self.decode(self.ids)
+        if self.job.stream and len(self.text) > self.sent and reason != "cancelled":
+            self.job.emit(self.text[self.sent:])
+            self.sent = len(self.text)
+        self.job.end(Result(self.text, len(self.job.prompt_ids), len(self.ids), reason))
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Characters at the end not to stream yet: an incomplete UTF-8 character or a possible stop-string start."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:size]):
+                hold = size
+                break
+    return hold
+
+
+class _Rows(StoppingCriteria):
+    """Feeds each new token to its row; a row is done at end of turn, stop string, its limit or cancel."""
+
+    def __init__(self, rows: list[_Row]):
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
+            if not row.done:
+                row.feed(token)
+        return torch.tensor([row.done for row in self.rows], device=input_ids.device)
+
+
+class Engine:
+    """A base model and named adapters behind one queue: `chat` / `stream_chat` here, `submit` for the API.
+
+    model: registry name or model directory; adapters: {name: adapter dir}, all kept loaded.
+    max_queue: waiting jobs beyond which `submit` raises QueueFullError; max_batch: rows per `generate`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        adapters: Mapping[str, str] | None = None,
+        *,
+        dtype: str = "float32",
+        template: str | None = None,
+        max_queue: int = 64,
+        max_batch: int = 8,
+        default_max_tokens: int = 512,
+    ):
+        if max_queue < 1 or max_batch < 1:
+            raise ValueError(f"max_queue ({max_queue}) and max_batch ({max_batch}) must be at least 1")
+        adapters = dict(adapters or {})
+        for name in adapters:
+            if name in (model, BASE_ALIAS):
+                raise ValueError(f"adapter name {name!r} clashes with the base model's name; pick another")
+        self.base_model = model
+        self.max_queue, self.max_batch, self.default_max_tokens = max_queue, max_batch, default_max_tokens
+        base_cfg = ModelConfig(name_or_path=model, dtype=dtype, template=template)
+        self.model = load_model(base_cfg)
+        self.tokenizers = {model: load_tokenizer(base_cfg, padding_side="left")}
+        self._peft_names: dict[str, str] = {}
+        for index, (name, path) in enumerate(adapters.items()):
+            self._load_adapter(name, path, f"adapter{index}", base_cfg)
+        self.stop_ids = set(stop_token_ids(self.model, self.tokenizers[model]))
+        self.pad_id = self.tokenizers[model].pad_token_id
+        config = getattr(self.model, "config", None)
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
+        self._tokenizer_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: list[Job] = []
+        self._running: list[Job] = []
+        self._closed = False
+        self.stats = {"requests": 0, "completed": 0, "cancelled": 0, "failed": 0, "batches": 0,
+                      "largest_batch": 0, "completion_tokens": 0}
+        self._worker = threading.Thread(target=self._work, name="tasktune-engine", daemon=True)
+        self._worker.start()
+
+    def _load_adapter(self, name: str, path: str, peft_name: str, base_cfg: ModelConfig) -> None:
+        from peft import PeftModel
+
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"adapter {name!r}: no adapter_config.json in {path}")
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=peft_name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=peft_name, is_trainable=False)
+        self.model.eval()
+        self._peft_names[name] = peft_name
+        cfg = ModelConfig(name_or_path=base_cfg.name_or_path, adapter=path, template=base_cfg.template)
+        self.tokenizers[name] = load_tokenizer(cfg, padding_side="left")
+
+    @property
+    def models(self) -> list[str]:
+        """Names a request may ask for: the base model first, then the adapters."""
+        return list(self.tokenizers)
+
+    def resolve(self, model: str | None) -> str:
+        """The engine's name for `model` (None or "base" -> the base model); UnknownModelError otherwise."""
+        if model in (None, BASE_ALIAS):
+            return self.base_model
+        if model not in self.tokenizers:
+            raise UnknownModelError(f"the model {model!r} does not exist; this server has: {', '.join(self.models)}")
+        return model
+
+    # ---- prompts --------------------------------------------------------------------------------------
+    def render_chat(self, messages: list[dict], model: str | None = None) -> list[int]:
+        """Token ids of `messages` through `model`'s chat template, with the assistant turn opened."""
+        tokenizer = self.tokenizers[self.resolve(model)]
+        try:
+            with self._tokenizer_lock:
+                encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=True)
+        except Exception as err:  # jinja raises on role orders a template does not accept
+            raise EngineError(f"the chat template rejected these messages: {err}") from err
+        return list(encoded["input_ids"])
+
+    def encode(self, text: str, model: str | None = None) -> list[int]:
+        """Token ids of a raw prompt (no chat template)."""
+        with self._tokenizer_lock:
+            return list(self.tokenizers[self.resolve(model)](text)["input_ids"])
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return self.tokenizers[self.base_model].decode(ids, skip_special_tokens=True)
+
+    def _token_limit(self, prompt_tokens: int, requested: int | None) -> int:
+        context = self.context_length
+        if requested is not None and requested < 1:
+            raise EngineError(f"max_tokens must be at least 1, got {requested}")
+        if context is None:
+            return requested or self.default_max_tokens
+        if prompt_tokens >= context:
+            raise PromptTooLongError(f"the prompt is {prompt_tokens} tokens; this model's context is {context}")
+        if requested is None:
+            return min(self.default_max_tokens, context - prompt_tokens)
+        if prompt_tokens + requested > context:
+            raise PromptTooLongError(
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({requested}) exceeds this model's context "
+                f"of {context} tokens; lower max_tokens or shorten the prompt")
+        return requested
+
+    # ---- queue ----------------------------------------------------------------------------------------
+    def submit(self, model: str | None, prompt_ids: list[int], params: SamplingParams,
+               emit: Callable[[Event], None], stream: bool = False) -> Job:
+        """Queue a generation; `emit` gets text deltas (if `stream`) then a Result or an exception.
+
+        Raises UnknownModelError, PromptTooLongError, QueueFullError, EngineClosedError, EngineError.
+        """
+        name = self.resolve(model)
+        limit = self._token_limit(len(prompt_ids), params.max_new_tokens)
+        self._constraints(name, params.response_format)  # a bad schema fails now, not in the worker
+        job = Job(name, list(prompt_ids), _with_limit(params, limit), emit, stream)
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("the server is shutting down")
+            if len(self._pending) >= self.max_queue:
+                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
+            self._pending.append(job)
+            self.stats["requests"] += 1
+            self._cond.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop `job`: drop it from the queue, or end its rows at the next generated token."""
+        job.cancel.set()
+        with self._cond:
+            if job in self._pending:
+                self._pending.remove(job)
+                job.end(Result("", len(job.prompt_ids), 0, "cancelled"))
+                self._count(job)
+
+    def queue_depth(self) -> tuple[int, int]:
+        """(waiting, running) jobs."""
+        with self._cond:
+            return len(self._pending), len(self._running)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new jobs, fail the waiting ones, cancel the running ones, stop the worker."""
+        with self._cond:
+            self._closed = True
+            pending, self._pending = self._pending, []
+            for job in self._running:
+                job.cancel.set()
+            self._cond.notify_all()
+        for job in pending:
+            job.end(EngineClosedError("the server is shutting down"))
+        self._worker.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- synchronous front end (CLI chat) ---------------------------------------------------------------
+    def generate_stream(self, model: str | None, prompt_ids: list[int],
+                        params: SamplingParams) -> Iterator[str]:
+        """Yield text deltas; the generator's return value is the Result. Closing it cancels the job."""
+        import queue
+
+        events: queue.Queue[Event] = queue.Queue()
+        job = self.submit(model, prompt_ids, params, events.put, stream=True)
+        try:
+            while True:
+                event = events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, Result):
+                    return event
+                yield event
+        finally:
+            self.cancel(job)
+
+    def stream_chat(self, messages: list[dict], model: str | None = None, **params: Any) -> Iterator[str]:
+        """Yield the reply to `messages` piece by piece; `params` are SamplingParams fields."""
+        yield from self.generate_stream(model, self.render_chat(messages, model), SamplingParams(**params))
+
+    def chat(self, messages: list[dict], model: str | None = None, **params: Any) -> Result:
+        """The whole reply to `messages` with its token counts."""
+        stream = self.generate_stream(model, self.render_chat(messages, model), SamplingParams(**params))
+        while True:
+            try:
+                next(stream)
+            except StopIteration as end:
+                return end.value
+
+    # ---- worker -----------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._take_batch()
+                self._running = batch
+            try:
+                self._generate(batch)
+            except Exception as err:  # a failed batch fails its jobs, not the server
+                for job in batch:
+                    job.end(err)
+            finally:
+                with self._cond:
+                    self._running = []
+                    for job in batch:
+                        self._count(job)
+
+    def _take_batch(self) -> list[Job]:
+        """The oldest job plus waiting jobs with the same batch key, up to max_batch (call under the lock)."""
+        first = self._pending.pop(0)
+        key = first.batch_key()
+        if key is None:
+            return [first]
+        batch = [first]
+        for job in list(self._pending):
+            if len(batch) >= self.max_batch:
+                break
+            if job.batch_key() == key:
+                self._pending.remove(job)
+                batch.append(job)
+        return batch
+
+    def _count(self, job: Job) -> None:
+        """Add a finished job to the stats (call under the lock)."""
+        reason = job.result.finish_reason if job.result else "error"
+        self.stats[{"cancelled": "cancelled", "error": "failed"}.get(reason, "completed")] += 1
+        self.stats["completion_tokens"] += job.result.completion_tokens if job.result else 0
+
+    def _generate(self, batch: list[Job]) -> None:
+        rows = [_Row(job, self.stop_ids, self._decode) for job in batch]
+        width = max(len(job.prompt_ids) for job in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, job in enumerate(batch):
+            input_ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+            attention_mask[i, width - len(job.prompt_ids):] = 1
+        first = batch[0].params
+        sampling = ({"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": None}
+                    if first.temperature > 0 else
+                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+        self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        device = next(self.model.parameters()).device
+        with self._use(batch[0].model), torch.inference_mode():
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+            self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max(row.limit for row in rows),
+                eos_token_id=sorted(self.stop_ids),
+                pad_token_id=self.pad_id,
+                stopping_criteria=StoppingCriteriaList([_Rows(rows)]),
+                logits_processor=self._constraints(batch[0].model, first.response_format, width),
+                **sampling,
+            )
+        for row in rows:
+            row.finish("length")  # rows still open ran into the shared max_new_tokens
+
+    @contextlib.contextmanager
+    def _use(self, name: str) -> Iterator[None]:
+        """Route generation through adapter `name`, or around all adapters for the base model."""
+        if not self._peft_names:
+            yield
+        elif name == self.base_model:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(self._peft_names[name])
+            yield
+
+    def _constraints(self, model: str, response_format: dict | None, prompt_width: int = 0) -> LogitsProcessorList:
+        """Logits processors that keep the output to `response_format` (evaluate/constrain.py)."""
+        kind = (response_format or {}).get("type", "text")
+        if kind == "text":
+            return LogitsProcessorList()
+        try:
+            from tasktune.evaluate import constrain
+        except ImportError as err:
+            raise EngineError("response_format needs tasktune.evaluate.constrain, which this install lacks") from err
+        schema = {"type": "object"} if kind == "json_object" else response_format["json_schema"]["schema"]
+        try:
+            processor = constrain.json_schema_processor(self.tokenizers[model], schema, prompt_width)
+        except (ValueError, TypeError, KeyError) as err:
+            raise EngineError(f"response_format: {err}") from err
+        return LogitsProcessorList([processor])
+
+
+def _with_limit(params: SamplingParams, limit: int) -> SamplingParams:
+    return SamplingParams(limit, params.temperature, params.top_p, list(params.stop), params.seed,
+                          params.response_format)

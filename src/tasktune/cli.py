@@ -51,11 +51,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_chat(args: argparse.Namespace) -> int:
-    from tasktune.serve.chat import run_chat
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tasktune.evaluate.runner import run_eval
 
-    return run_chat(args.model, args.adapter, args.prompt, args.max_new_tokens, args.temperature,
-                    system=args.system)
+    path, overrides = _split_config_args(args)
+    cfg = load_config(path, overrides)
+    if args.limit is not None:
+        cfg.eval.limit = args.limit
+    run_eval(cfg)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tasktune.evaluate.predict import run_predict
+
+    return run_predict(args.model, args.input, args.output, args.batch_size)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tasktune.serve.chat import run_chat_args
+
+    return run_chat_args(args)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from tasktune.serve.launch import run_api_args
+
+    return run_api_args(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tasktune.export.args import options_from_args
+    from tasktune.export.run import export_model, format_summary
+
+    options = options_from_args(args)
+    scorer = None
+    if options.task_config is not None and options.task_config.task.name:
+        from tasktune.evaluate.runner import model_dir_scorer
+
+        scorer = model_dir_scorer(options.task_config)  # re-run the task metric on what was exported
+    try:
+        report = export_model(options, metric_fn=scorer)
+    except (ImportError, RuntimeError) as exc:  # torchao missing, llama.cpp's converter failed
+        print(f"tasktune: export error: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(report))
+    return 0
 
 
 def cmd_models(_: argparse.Namespace) -> int:
@@ -72,17 +113,42 @@ def build_parser() -> argparse.ArgumentParser:
     _config_parser(sub, "train", "Fine-tune a model (LoRA, full or freeze) on the configured data.").set_defaults(
         func=cmd_train
     )
+    evaluate = _config_parser(sub, "eval", "Score a model on the task (eval.split) and write predictions + metrics.")
+    evaluate.add_argument("--limit", type=int, help="score a seeded sample of at most N examples (eval.limit)")
+    evaluate.set_defaults(func=cmd_eval)
+    predict = sub.add_parser("predict", help="Run a trained task head (task.method=head) over JSONL rows or stdin.")
+    predict.add_argument("--model", required=True, help="a head run's output.dir, or its adapter/ or model/ folder")
+    predict.add_argument("--input", help="JSONL (text, or context + question for qa) or plain text lines; "
+                         "default: stdin")
+    predict.add_argument("--output", help="where to write the predictions (JSONL); default: stdout")
+    predict.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
+    predict.set_defaults(func=cmd_predict)
     from tasktune.serve.chat import add_chat_args
 
     chat = sub.add_parser("chat", help="Chat with a model (and adapter) in the terminal, streaming.")
     add_chat_args(chat)
     chat.set_defaults(func=cmd_chat)
+    from tasktune.serve.launch import add_api_args
+
+    api = sub.add_parser("api", help="Serve the model and adapters over an OpenAI-compatible HTTP API.")
+    add_api_args(api)
+    api.set_defaults(func=cmd_api)
+    from tasktune.export.args import add_export_args
+
+    export = sub.add_parser("export", help="Merge an adapter; export a Hugging Face, int8 or GGUF model.")
+    add_export_args(export).set_defaults(func=cmd_export)
     sub.add_parser("models", help="List the model registry.").set_defaults(func=cmd_models)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides after an option (`eval cfg.yaml --limit 5 eval.split=test`) arrive as leftovers
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ConfigError as exc:

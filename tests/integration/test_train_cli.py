@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared
 from safetensors.torch import load_file
 
 from tasktune.cli import main
 from tasktune.config import load_config
-from conftest import needs_shared
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

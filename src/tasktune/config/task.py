@@ -23,6 +23,7 @@ def row_slice(text: str | None, where: str = "range") -> slice:
     return slice(start, end)
 NER_OUTPUT_FORMATS = ("json", "inline")
 TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
+HEAD_TASKS = ("classify", "ner", "qa")
 
 
 @dataclass
@@ -61,6 +62,21 @@ class TaskConfig:
     """MT target language when rows do not carry tgt_lang."""
     bleu_tokenize: str | None = None
     """sacrebleu tokenizer for BLEU; None: by target language (zh, ja-mecab/char, ko-mecab/char, else 13a)."""
+    method: str = "generate"
+    """How the task is learned: generate (the LM writes the answer) | head (a classification layer on the model:
+    sequence labels for classify, token tags for ner, answer span for qa; cross-entropy, no generation)."""
+    use_crf: bool = False
+    """ner heads: a CRF layer over the token tags (learned transitions, Viterbi decoding)."""
+    class_weights: dict[str, float] | str | None = None
+    """classify/ner heads: loss weight per class: balanced (inverse frequency in the training data) or a map
+    {label: weight} (ner: entity types and O); unlisted classes weigh 1."""
+    max_seq_length: int = 384
+    """Heads: longest input in tokens; longer ner texts and qa contexts are split into overlapping windows,
+    longer classify texts are truncated (reported)."""
+    doc_stride: int = 128
+    """Heads: tokens shared by consecutive windows of a long ner text or qa context."""
+    max_answer_length: int = 30
+    """qa heads: longest answer span considered, in tokens."""
 
     def check(self) -> None:
         if self.name is not None and self.name not in TASK_NAMES:
@@ -93,6 +109,39 @@ class TaskConfig:
             raise ConfigError(
                 "task.source_lang and task.target_lang are set together (or both left to the rows)"
             )
+        self._check_head()
+
+    def _check_head(self) -> None:
+        if self.method not in ("generate", "head"):
+            raise ConfigError(f"task.method={self.method!r}: expected one of generate, head")
+        if self.method == "head" and self.name not in HEAD_TASKS:
+            raise ConfigError(f"task.method=head works for {', '.join(HEAD_TASKS)}, not task.name={self.name!r}")
+        if self.use_crf and (self.method != "head" or self.name != "ner"):
+            raise ConfigError("task.use_crf=true needs task.name=ner and task.method=head")
+        weights = self.class_weights
+        if weights is not None:
+            if self.method != "head" or self.name not in ("classify", "ner"):
+                raise ConfigError("task.class_weights needs task.method=head and task.name classify or ner")
+            if self.use_crf:
+                raise ConfigError("task.class_weights cannot be combined with task.use_crf (the CRF loss is "
+                                  "over whole tag sequences)")
+            if isinstance(weights, dict):
+                known = set(self.labels or []) | ({"O"} if self.name == "ner" else set())
+                unknown = sorted(set(weights) - known) if self.labels else []
+                if unknown:
+                    raise ConfigError(f"task.class_weights names {unknown}, not in task.labels"
+                                      f"{' or O' if self.name == 'ner' else ''}")
+                if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for w in weights.values()):
+                    raise ConfigError(f"task.class_weights: weights must be positive numbers, got {weights}")
+            elif weights != "balanced":
+                raise ConfigError(f"task.class_weights={weights!r}: expected balanced or a map {{label: weight}}")
+        if self.max_seq_length < 16:
+            raise ConfigError(f"task.max_seq_length={self.max_seq_length}: must be at least 16")
+        if self.name in ("ner", "qa") and not 0 <= self.doc_stride < self.max_seq_length // 2:
+            raise ConfigError(f"task.doc_stride={self.doc_stride}: must be within [0, max_seq_length / 2) "
+                              f"(task.max_seq_length={self.max_seq_length})")
+        if self.max_answer_length < 1:
+            raise ConfigError("task.max_answer_length must be at least 1")
 
 
 @dataclass
@@ -109,15 +158,18 @@ class EvalConfig:
     max_new_tokens: int | None = None
     """Generation budget per example; None: the task's default."""
     constrained: bool | None = None
-    """Constrain decoding to the task's output format; None: the task's default (on for classify)."""
+    """Constrain decoding to the task's output format (classify: a label; ner json: the entity list schema);
+    None: on for classify, off for the others."""
     scoring: str = "generate"
     """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
     during_training_limit: int = 200
     """Examples of the eval split scored at every train.eval_steps (a fixed, seeded sample)."""
     metric_for_best: str | None = None
-    """Metric that picks the best checkpoint during training; None: the task's headline metric."""
+    """Metric that picks the best checkpoint during training (higher is better; ter is refused); None: ner f1,
+    classify macro_f1, qa f1, mt bleu."""
     output_dir: str | None = None
-    """Where predictions.jsonl, metrics.json and plots go; None: OUTPUT_DIR/eval."""
+    """Where predictions.jsonl, metrics.json and plots go; None: OUTPUT_DIR/eval (eval-test, eval-train for
+    the other splits)."""
     seed: int = 0
     """Seed of the sample taken by limit."""
 

@@ -17,10 +17,13 @@ from transformers import LogitsProcessor
 
 from tasktune.config.schema import ConfigError
 
+MASK_CACHE = 64
+"""Allowed-token masks kept per constraint (keyed by the identity of the allowed list or bitmask)."""
 MAX_JSON_WHITESPACE = 1
 """Consecutive whitespace characters allowed in constrained JSON (json.dumps writes `, ` and `: `)."""
 
 _ENFORCER_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHIFTS = torch.arange(32, dtype=torch.int64)
 
 
 def label_token_ids(tokenizer, labels: Sequence[str]) -> tuple[list[list[int]], int]:
@@ -53,6 +56,7 @@ class SuffixConstraint(LogitsProcessor):
     def __init__(self, stop_ids: Sequence[int]):
         self.stop_ids = list(stop_ids)
         self.prompt_length = 0
+        self._masks: dict[int, tuple[Any, torch.Tensor]] = {}
 
     def start(self, prompt_length: int) -> SuffixConstraint:
         """Begin a new batch whose (left-padded) prompts are `prompt_length` tokens long."""
@@ -63,16 +67,32 @@ class SuffixConstraint(LogitsProcessor):
         raise NotImplementedError
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        vocab = scores.shape[-1]
-        mask = torch.full_like(scores, float("-inf"))
+        keep = torch.ones_like(scores, dtype=torch.bool)
         stops = set(self.stop_ids)
         for b, row in enumerate(input_ids[:, self.prompt_length :].tolist()):
-            if stops.intersection(row):  # finished: generate() pads it anyway
-                mask[b] = 0
-                continue
-            ids = [i for i in self.allowed(tuple(row)) if i < vocab] or self.stop_ids
-            mask[b, ids] = 0
-        return scores + mask
+            if not stops.intersection(row):  # a finished row is padded by generate() anyway
+                keep[b] = self._mask(self.allowed(tuple(row)), scores.shape[-1], scores.device)
+        return scores.masked_fill(~keep, float("-inf"))
+
+    def _mask(self, allowed: Sequence[int] | torch.Tensor, vocab: int, device: torch.device) -> torch.Tensor:
+        """Allowed ids (a list, or lm-format-enforcer's int32 bitmask) as a boolean mask over the model's
+        vocabulary (the stop ids when nothing is left); one seen again (a cached state) is converted once."""
+        key = id(allowed)
+        if key in self._masks and self._masks[key][0] is allowed:
+            return self._masks[key][1]
+        if isinstance(allowed, torch.Tensor):  # bit j of word i allows token 32 * i + j
+            mask = ((allowed.to(torch.int64).unsqueeze(-1) >> _SHIFTS) & 1).flatten().bool()[:vocab]
+            mask = torch.cat([mask, mask.new_zeros(vocab - len(mask))])
+        else:
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            ids = torch.as_tensor(list(allowed), dtype=torch.long)
+            mask[ids[ids < vocab]] = True
+        if not mask.any():
+            mask[torch.as_tensor(self.stop_ids)] = True
+        if len(self._masks) >= MASK_CACHE:
+            self._masks.pop(next(iter(self._masks)))
+        self._masks[key] = (allowed, mask.to(device))
+        return self._masks[key][1]
 
 
 class ChoiceConstraint(SuffixConstraint):
@@ -138,7 +158,8 @@ def enforcer_data(tokenizer):
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids).rstrip("\ufffd")
 
-    data = TokenEnforcerTokenizerData(regular, decode, tokenizer.eos_token_id, False, len(tokenizer))
+    # bitmask mode: the free-text token sets inside JSON strings are cached int32 bitmasks, not 49k-long lists
+    data = TokenEnforcerTokenizerData(regular, decode, tokenizer.eos_token_id, True, len(tokenizer))
     _ENFORCER_DATA[tokenizer] = data
     return data
 

@@ -60,6 +60,8 @@ def generate_texts(
     constraint: a task's `output_constraint` spec (choice or json_schema), or None for free text.
     """
     started = time.perf_counter()
+    if not conversations:
+        return GenerationResult([], 0, 0.0, [])
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     processor: SuffixConstraint | None = build_constraint(constraint, tokenizer, stop_ids) if constraint else None
@@ -70,7 +72,7 @@ def generate_texts(
     generated = 0
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(encoded), desc="generate", unit="ex", disable=not progress)
+    bar = tqdm(total=len(encoded), desc="generate", unit="ex", disable=not progress, leave=False)
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]

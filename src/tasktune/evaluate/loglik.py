@@ -40,7 +40,7 @@ def score_choices(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(pairs), desc="loglik", unit="pair", disable=not progress)
+    bar = tqdm(total=len(pairs), desc="loglik", unit="pair", disable=not progress, leave=False)
     try:
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start : start + batch_size]

@@ -8,14 +8,17 @@ from collections.abc import Callable
 from typing import TextIO
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-HELP = "commands: /reset clears the conversation, /exit (or Ctrl-D) quits"
+HELP = ("commands: /adapter lists the models, /adapter NAME switches (/adapter base: no adapter), "
+        "/reset clears the conversation, /exit (or Ctrl-D) quits")
 
 
 def add_chat_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `tasktune chat` options to `parser` (a subparser); `run_chat_args` runs them."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"registry name or local model directory (default: {DEFAULT_MODEL})")
-    parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory to load on top")
+    parser.add_argument("--adapter", action="append", metavar="[NAME=]DIR",
+                        help="a trained LoRA adapter directory to load on top; repeat for several, "
+                             "then switch with /adapter NAME (the first one starts)")
     parser.add_argument("--prompt", default=None, help="answer this one message, then exit")
     parser.add_argument("--max-new-tokens", type=int, default=256,
                         help="longest answer in tokens (default: 256)")
@@ -31,13 +34,10 @@ def run_chat_args(args: argparse.Namespace) -> int:
                     system=args.system)
 
 
-def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, temperature: float,
+def _answer(engine, model: str, history: list[dict], max_new_tokens: int, temperature: float,
             output: TextIO) -> str:
-    from tasktune.model.generate import stream_chat
-
     pieces = []
-    stream = stream_chat(model, tokenizer, history, max_new_tokens=max_new_tokens, temperature=temperature)
-    for piece in stream:
+    for piece in engine.stream_chat(history, model, max_new_tokens=max_new_tokens, temperature=temperature):
         pieces.append(piece)
         output.write(piece)
         output.flush()
@@ -46,9 +46,27 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, temperat
     return "".join(pieces)
 
 
+def _switch(engine, current: str, argument: str, output: TextIO) -> str:
+    """`/adapter` lists the models (current one starred); `/adapter NAME` returns NAME when it exists."""
+    from tasktune.serve.engine import EngineError
+
+    if not argument:
+        for name in engine.models:
+            label = "base" if name == engine.base_model else name
+            output.write(f"{'*' if name == current else ' '} {label}\n")
+        return current
+    try:
+        chosen = engine.resolve(argument)
+    except EngineError as err:
+        output.write(f"({err})\n")
+        return current
+    output.write(f"(now answering with {'the base model' if chosen == engine.base_model else chosen})\n")
+    return chosen
+
+
 def run_chat(
     model: str,
-    adapter: str | None,
+    adapter: str | list[str] | None,
     prompt: str | None,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
@@ -56,40 +74,54 @@ def run_chat(
     output: TextIO = sys.stdout,
     system: str | None = None,
 ) -> int:
-    """Chat with `model` (+ `adapter`): answer `prompt` once, or loop on `input_fn` until /exit. Returns 0."""
-    from tasktune.config.schema import ModelConfig
-    from tasktune.model.load import load_model, load_tokenizer
+    """Chat with `model` (+ adapters, each "DIR" or "NAME=DIR"): answer `prompt` once, or loop on `input_fn`
+    until /exit. Returns 0, or 1 when the one `prompt` could not be answered."""
+    from tasktune.serve.engine import Engine, EngineError, parse_adapter_specs
 
-    cfg = ModelConfig(name_or_path=model, adapter=adapter)
-    tokenizer = load_tokenizer(cfg, padding_side="left")
-    lm = load_model(cfg)
+    adapters = parse_adapter_specs([adapter] if isinstance(adapter, str) else adapter)
+    engine = Engine(model, adapters, max_queue=2, max_batch=1)
+    current = next(iter(adapters), engine.base_model)
     start = [{"role": "system", "content": system}] if system else []
-    if prompt is not None:
-        messages = [*start, {"role": "user", "content": prompt}]
-        _answer(lm, tokenizer, messages, max_new_tokens, temperature, output)
-        return 0
-    output.write(f"chatting with {model}{f' + {adapter}' if adapter else ''}; {HELP}\n")
-    history = list(start)
-    while True:
-        try:
-            text = input_fn("\nuser> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            output.write("\n")
+    try:
+        if prompt is not None:
+            try:
+                _answer(engine, current, [*start, {"role": "user", "content": prompt}], max_new_tokens,
+                        temperature, output)
+            except EngineError as err:
+                print(f"tasktune chat: {err}", file=sys.stderr)
+                return 1
             return 0
-        if text in ("/exit", "/quit"):
-            return 0
-        if text == "/reset":
-            history = list(start)
-            output.write("(conversation cleared)\n")
-            continue
-        if not text:
-            continue
-        history.append({"role": "user", "content": text})
-        output.write("assistant> ")
-        try:
-            reply = _answer(lm, tokenizer, history, max_new_tokens, temperature, output)
-        except KeyboardInterrupt:  # stop this answer, keep the session
-            output.write("\n(interrupted)\n")
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": reply})
+        output.write(f"chatting with {model}{f' + {current}' if adapters else ''}; {HELP}\n")
+        history = list(start)
+        while True:
+            try:
+                text = input_fn("\nuser> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                output.write("\n")
+                return 0
+            if text in ("/exit", "/quit"):
+                return 0
+            if text == "/reset":
+                history = list(start)
+                output.write("(conversation cleared)\n")
+                continue
+            if text == "/adapter" or text.startswith("/adapter "):
+                current = _switch(engine, current, text.removeprefix("/adapter").strip(), output)
+                continue
+            if not text:
+                continue
+            history.append({"role": "user", "content": text})
+            output.write("assistant> ")
+            try:
+                reply = _answer(engine, current, history, max_new_tokens, temperature, output)
+            except KeyboardInterrupt:  # stop this answer, keep the session
+                output.write("\n(interrupted)\n")
+                history.pop()
+                continue
+            except EngineError as err:  # e.g. the conversation outgrew the context: say so, keep the session
+                output.write(f"\n({err})\n")
+                history.pop()
+                continue
+            history.append({"role": "assistant", "content": reply})
+    finally:
+        engine.close()

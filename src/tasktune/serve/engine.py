@@ -1,9 +1,8 @@
 """One generation engine for `tasktune chat` and `tasktune api`: a base model plus named LoRA adapters.
 
 All adapters live in one peft model; a worker thread drains a bounded queue, takes the oldest job and the
-waiting jobs that share its model and sampling settings, and runs them as one left-padded `generate`. A
-stopping criterion follows every row: end-of-turn tokens, stop strings, its own token limit, cancellation,
-and streams text deltas to the job's consumer.
+waiting jobs that share its model and sampling settings, and runs them as one left-padded `generate`
+(rows.py follows each row: end of turn, stop strings, token limit, cancellation, streamed text).
 """
 
 from __future__ import annotations
@@ -13,14 +12,18 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from tasktune.config.schema import ModelConfig
+from tasktune.config.schema import ConfigError, ModelConfig
 from tasktune.model.generate import stop_token_ids
 from tasktune.model.load import load_model, load_tokenizer
+from tasktune.serve.rows import Event, Result, Row, RowStopper
+
+if TYPE_CHECKING:
+    from tasktune.evaluate.constrain import SuffixConstraint
 
 BASE_ALIAS = "base"
 """`model` value that always means the base model (its full name works too)."""
@@ -61,21 +64,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     response_format: dict[str, Any] | None = None
-    """OpenAI `response_format`: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}."""
-
-
-@dataclass
-class Result:
-    """A finished generation; finish_reason: stop (end of turn or stop string) | length | cancelled."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-
-Event = str | Result | BaseException
-"""What a job sends its consumer, in order: text deltas (streaming only), then one Result or one exception."""
+    """OpenAI `response_format` ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": ...}})."""
 
 
 @dataclass(eq=False)
@@ -89,17 +78,21 @@ class Job:
     stream: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     result: Result | None = None
+    constraint: SuffixConstraint | None = None
+    on_end: Callable[[Job], None] | None = None
 
     def end(self, outcome: Result | BaseException) -> None:
         """Send the final Result (or the error) once; later calls do nothing."""
         if self.result is None:
             self.result = outcome if isinstance(outcome, Result) else Result("", len(self.prompt_ids), 0, "error")
+            if self.on_end:
+                self.on_end(self)
             self.emit(outcome)
 
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys may share a `generate` call; None runs alone (seeded or constrained)."""
         p = self.params
-        if p.seed is not None or (p.response_format and p.response_format.get("type") != "text"):
+        if p.seed is not None or self.constraint is not None:
             return None
         return (self.model, p.temperature > 0, p.temperature if p.temperature > 0 else 0.0, p.top_p)
 
@@ -114,85 +107,11 @@ def parse_adapter_specs(specs: list[str] | None) -> dict[str, str]:
             folder = Path(spec.rstrip("/"))
             name, path = (folder.parent.name if folder.name == "adapter" else folder.name), spec
         if not name or not path:
-            raise ValueError(f"--adapter {spec!r}: expected NAME=DIR or DIR")
+            raise ConfigError(f"--adapter {spec!r}: expected NAME=DIR or DIR")
         if name in adapters:
-            raise ValueError(f"--adapter: the name {name!r} is given twice; name them NAME=DIR")
+            raise ConfigError(f"--adapter: the name {name!r} is given twice; name them NAME=DIR")
         adapters[name] = path
     return adapters
-
-
-class _Row:
-    """One job's progress inside a batch: its ids, its decoded text, what was already streamed."""
-
-    def __init__(self, job: Job, stop_ids: set[int], decode: Callable[[list[int]], str]):
-        self.job, self.stop_ids, self.decode = job, stop_ids, decode
-        self.ids: list[int] = []
-        self.sent = 0
-        self.done = False
-        self.limit = job.params.max_new_tokens or 0
-        self.text = ""
-
-    def feed(self, token: int) -> None:
-        if self.job.cancel.is_set():
-            return self.finish("cancelled")
-        if token in self.stop_ids:
-            return self.finish("stop")
-        self.ids.append(token)
-        if self.job.params.stop or self.job.stream:
-            self.text = self.decode(self.ids)
-            cut = _first_stop(self.text, self.job.params.stop)
-            if cut is not None:
-                self.text = self.text[:cut]
-                return self.finish("stop")
-        if len(self.ids) >= self.limit:
-            return self.finish("length")
-        if self.job.stream:
-            visible = len(self.text) - _held_back(self.text, self.job.params.stop)
-            if visible > self.sent:
-                self.job.emit(self.text[self.sent:visible])
-                self.sent = visible
-
-    def finish(self, reason: str) -> None:
-        if self.done:
-            return
-        self.done = True
-        if not (self.job.params.stop or self.job.stream):
-            self.text = self.decode(self.ids)
-        if self.job.stream and len(self.text) > self.sent and reason != "cancelled":
-            self.job.emit(self.text[self.sent:])
-            self.sent = len(self.text)
-        self.job.end(Result(self.text, len(self.job.prompt_ids), len(self.ids), reason))
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Characters at the end not to stream yet: an incomplete UTF-8 character or a possible stop-string start."""
-    if text.endswith("\ufffd"):
-        return len(text) - len(text.rstrip("\ufffd"))
-    hold = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), hold, -1):
-            if text.endswith(stop[:size]):
-                hold = size
-                break
-    return hold
-
-
-class _Rows(StoppingCriteria):
-    """Feeds each new token to its row; a row is done at end of turn, stop string, its limit or cancel."""
-
-    def __init__(self, rows: list[_Row]):
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            if not row.done:
-                row.feed(token)
-        return torch.tensor([row.done for row in self.rows], device=input_ids.device)
 
 
 class Engine:
@@ -200,6 +119,7 @@ class Engine:
 
     model: registry name or model directory; adapters: {name: adapter dir}, all kept loaded.
     max_queue: waiting jobs beyond which `submit` raises QueueFullError; max_batch: rows per `generate`.
+    threads: torch CPU threads of the generating thread (None: torch's default).
     """
 
     def __init__(
@@ -212,15 +132,17 @@ class Engine:
         max_queue: int = 64,
         max_batch: int = 8,
         default_max_tokens: int = 512,
+        threads: int | None = None,
     ):
         if max_queue < 1 or max_batch < 1:
-            raise ValueError(f"max_queue ({max_queue}) and max_batch ({max_batch}) must be at least 1")
+            raise ConfigError(f"max_queue ({max_queue}) and max_batch ({max_batch}) must be at least 1")
         adapters = dict(adapters or {})
         for name in adapters:
             if name in (model, BASE_ALIAS):
-                raise ValueError(f"adapter name {name!r} clashes with the base model's name; pick another")
+                raise ConfigError(f"adapter name {name!r} clashes with the base model's name; pick another")
         self.base_model = model
         self.max_queue, self.max_batch, self.default_max_tokens = max_queue, max_batch, default_max_tokens
+        self.threads = threads
         base_cfg = ModelConfig(name_or_path=model, dtype=dtype, template=template)
         self.model = load_model(base_cfg)
         self.tokenizers = {model: load_tokenizer(base_cfg, padding_side="left")}
@@ -314,17 +236,23 @@ class Engine:
         """
         name = self.resolve(model)
         limit = self._token_limit(len(prompt_ids), params.max_new_tokens)
-        self._constraints(name, params.response_format)  # a bad schema fails now, not in the worker
-        job = Job(name, list(prompt_ids), _with_limit(params, limit), emit, stream)
+        job = Job(name, list(prompt_ids), _with_limit(params, limit), emit, stream, on_end=self._count)
+        if params.response_format:
+            self._check_room()
+            job.constraint = self._constraint(name, params.response_format)  # a bad schema fails here
+        with self._cond:
+            self._check_room()
+            self._pending.append(job)
+            self.stats["requests"] += 1
+            self._cond.notify()
+        return job
+
+    def _check_room(self) -> None:
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the server is shutting down")
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
-            self._pending.append(job)
-            self.stats["requests"] += 1
-            self._cond.notify()
-        return job
 
     def cancel(self, job: Job) -> None:
         """Stop `job`: drop it from the queue, or end its rows at the next generated token."""
@@ -333,7 +261,6 @@ class Engine:
             if job in self._pending:
                 self._pending.remove(job)
                 job.end(Result("", len(job.prompt_ids), 0, "cancelled"))
-                self._count(job)
 
     def queue_depth(self) -> tuple[int, int]:
         """(waiting, running) jobs."""
@@ -390,6 +317,8 @@ class Engine:
 
     # ---- worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:
+        if self.threads:  # per thread with OpenMP: set it where generation runs
+            torch.set_num_threads(self.threads)
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
@@ -406,8 +335,6 @@ class Engine:
             finally:
                 with self._cond:
                     self._running = []
-                    for job in batch:
-                        self._count(job)
 
     def _take_batch(self) -> list[Job]:
         """The oldest job plus waiting jobs with the same batch key, up to max_batch (call under the lock)."""
@@ -425,13 +352,14 @@ class Engine:
         return batch
 
     def _count(self, job: Job) -> None:
-        """Add a finished job to the stats (call under the lock)."""
-        reason = job.result.finish_reason if job.result else "error"
-        self.stats[{"cancelled": "cancelled", "error": "failed"}.get(reason, "completed")] += 1
-        self.stats["completion_tokens"] += job.result.completion_tokens if job.result else 0
+        """Add a finished job to the stats."""
+        with self._cond:
+            reason = job.result.finish_reason
+            self.stats[{"cancelled": "cancelled", "error": "failed"}.get(reason, "completed")] += 1
+            self.stats["completion_tokens"] += job.result.completion_tokens
 
     def _generate(self, batch: list[Job]) -> None:
-        rows = [_Row(job, self.stop_ids, self._decode) for job in batch]
+        rows = [Row(job, self.stop_ids, self._decode) for job in batch]
         width = max(len(job.prompt_ids) for job in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -445,6 +373,7 @@ class Engine:
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         device = next(self.model.parameters()).device
+        constraint = batch[0].constraint  # constrained jobs run alone
         with self._use(batch[0].model), torch.inference_mode():
             if first.seed is not None:
                 torch.manual_seed(first.seed)
@@ -454,8 +383,8 @@ class Engine:
                 max_new_tokens=max(row.limit for row in rows),
                 eos_token_id=sorted(self.stop_ids),
                 pad_token_id=self.pad_id,
-                stopping_criteria=StoppingCriteriaList([_Rows(rows)]),
-                logits_processor=self._constraints(batch[0].model, first.response_format, width),
+                stopping_criteria=StoppingCriteriaList([RowStopper(rows)]),
+                logits_processor=LogitsProcessorList([constraint.start(width)] if constraint else []),
                 **sampling,
             )
         for row in rows:
@@ -473,21 +402,37 @@ class Engine:
             self.model.set_adapter(self._peft_names[name])
             yield
 
-    def _constraints(self, model: str, response_format: dict | None, prompt_width: int = 0) -> LogitsProcessorList:
-        """Logits processors that keep the output to `response_format` (evaluate/constrain.py)."""
-        kind = (response_format or {}).get("type", "text")
-        if kind == "text":
-            return LogitsProcessorList()
+    def _constraint(self, model: str, response_format: dict | None) -> SuffixConstraint | None:
+        """The logits processor that keeps the output to `response_format` (evaluate/constrain.py), or None."""
+        spec = constraint_spec(response_format)
+        if spec is None:
+            return None
         try:
-            from tasktune.evaluate import constrain
+            from tasktune.evaluate.constrain import build_constraint
+
+            return build_constraint(spec, self.tokenizers[model], sorted(self.stop_ids))
         except ImportError as err:
-            raise EngineError("response_format needs tasktune.evaluate.constrain, which this install lacks") from err
-        schema = {"type": "object"} if kind == "json_object" else response_format["json_schema"]["schema"]
-        try:
-            processor = constrain.json_schema_processor(self.tokenizers[model], schema, prompt_width)
-        except (ValueError, TypeError, KeyError) as err:
+            raise EngineError(f"response_format {spec['type']} needs a package this install lacks: {err}") from err
+        except Exception as err:  # the schema parser raises plain Exceptions on unsupported schemas
             raise EngineError(f"response_format: {err}") from err
-        return LogitsProcessorList([processor])
+
+
+def constraint_spec(response_format: dict | None) -> dict | None:
+    """OpenAI `response_format` -> an evaluate/constrain.py spec; None for free text.
+
+    json_object -> any JSON object; json_schema -> its `json_schema.schema`; choice (a tasktune extension,
+    `{"type": "choice", "choices": [...]}`) -> exactly one of the labels.
+    """
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    if kind == "json_schema":
+        return {"type": "json_schema", "schema": response_format["json_schema"]["schema"]}
+    if kind == "choice":
+        return {"type": "choice", "choices": list(response_format.get("choices") or [])}
+    raise EngineError(f"response_format.type {kind!r}: expected text, json_object, json_schema or choice")
 
 
 def _with_limit(params: SamplingParams, limit: int) -> SamplingParams:

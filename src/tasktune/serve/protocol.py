@@ -52,13 +52,18 @@ class JsonSchemaSpec(_Request):
 
 
 class ResponseFormat(_Request):
-    type: Literal["text", "json_object", "json_schema"]
+    """OpenAI's text | json_object | json_schema, plus `choice` (tasktune): one of `choices`, verbatim."""
+
+    type: Literal["text", "json_object", "json_schema", "choice"]
     json_schema: JsonSchemaSpec | None = None
+    choices: list[str] | None = None
 
     @model_validator(mode="after")
-    def _schema_given(self) -> ResponseFormat:
+    def _details_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("response_format.type=json_schema needs response_format.json_schema.schema")
+        if self.type == "choice" and not self.choices:
+            raise ValueError("response_format.type=choice needs a non-empty response_format.choices")
         return self
 
 

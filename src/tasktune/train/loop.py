@@ -58,7 +58,9 @@ def resolve_precision(setting: str) -> str:
 
 def prepare_output_dir(cfg: Config, resuming: bool) -> Path:
     out = Path(cfg.output.dir)
-    used = [n for n in ("adapter", "model", "train_log.jsonl", "checkpoints") if (out / n).exists()]
+    run_files = ("adapter", "model", "best", "train_log.jsonl", "checkpoints", "eval_steps", "dist", "tensorboard",
+                 "loss.png", "rejected.jsonl")
+    used = [n for n in run_files if (out / n).exists()]
     if used and not resuming:
         if not cfg.output.overwrite:
             raise ConfigError(
@@ -152,6 +154,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     seen_units: list[int] = []
     first_loss = last_loss = eval_loss = tok_s = None
     window_tokens, window_start, started = 0, time.perf_counter(), time.perf_counter()
+    tokens_seen = 0  # real tokens of this session (all processes), logged next to elapsed_s
     epoch_cache: dict[int, list[list[int]]] = {}
     eval_before = None
     if data.val and state.global_step == 0:
@@ -190,6 +193,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         last_loss = float(accelerator.reduce(step_loss, "sum")) / n_targets
         first_loss = last_loss if first_loss is None else first_loss
         window_tokens += int(counts[1])
+        tokens_seen += int(counts[1])
         bar.update(1)
 
         step = state.global_step
@@ -198,7 +202,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
             tok_s = window_tokens / max(elapsed, 1e-9)
             record = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4), "loss": round(last_loss, 5),
                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tok_s, 1),
-                      "elapsed_s": round(time.perf_counter() - started, 2)}
+                      "tokens_seen": tokens_seen, "elapsed_s": round(time.perf_counter() - started, 2)}
             if grad_norm is not None:
                 record["grad_norm"] = round(grad_norm, 4)
             logger.log(record)

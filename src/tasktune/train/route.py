@@ -18,6 +18,11 @@ from tasktune.data.collate import collate
 from tasktune.data.pipeline import PreparedData, build_datasets, load_conversations
 from tasktune.data.report import RejectReport
 from tasktune.model.adapters import prepare_for_training, save_trained
+from tasktune.model.head_data import build_head_data
+from tasktune.model.head_data import collate as head_collate
+from tasktune.model.head_data import count_targets as head_targets
+from tasktune.model.heads import build_head, save_head
+from tasktune.model.heads import summed_loss as head_loss
 from tasktune.model.load import load_model
 from tasktune.tasks import resolve_labels, task_conversations
 from tasktune.train.step import count_targets, summed_loss
@@ -75,5 +80,16 @@ GENERATIVE = Route(
 )
 
 
+HEAD = Route(
+    build_model=build_head,
+    build_data=build_head_data,
+    collate=head_collate,
+    summed_loss=head_loss,
+    count_targets=head_targets,
+    save=save_head,
+)
+"""task.method=head: a classification / tagging / span head on the model (model.heads, model.head_data)."""
+
+
 def route_for(cfg: Config) -> Route:
-    return GENERATIVE
+    return HEAD if cfg.task.method == "head" else GENERATIVE

@@ -1,0 +1,203 @@
+"""serve/engine.py on the tiny Llama: batching, stop strings, cancellation, queue bounds, constraints."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import queue
+import time
+
+import pytest
+
+from tasktune.config.schema import ConfigError
+from tasktune.serve.engine import (
+    Engine,
+    EngineClosedError,
+    EngineError,
+    PromptTooLongError,
+    QueueFullError,
+    Result,
+    SamplingParams,
+    UnknownModelError,
+    constraint_spec,
+    parse_adapter_specs,
+)
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_dir, tiny_adapter_dir):
+    engine = Engine(str(tiny_llama_dir), {"a": str(tiny_adapter_dir)}, max_queue=8, max_batch=4)
+    yield engine
+    engine.close()
+
+
+@contextlib.contextmanager
+def slow_steps(engine: Engine, seconds: float):
+    """Every forward pass of `engine`'s model sleeps first: a long generation on demand."""
+    model = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
+    original = model.forward
+
+    @functools.wraps(original)
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    model.forward = slow
+    try:
+        yield
+    finally:
+        del model.forward
+
+
+def submit(engine: Engine, messages: list[dict], model: str | None = "a", stream: bool = False,
+           **params) -> queue.Queue:
+    events: queue.Queue = queue.Queue()
+    engine.submit(model, engine.render_chat(messages, model), SamplingParams(**params), events.put, stream)
+    return events
+
+
+def wait_until_running(engine: Engine, timeout: float = 10.0) -> None:
+    """Wait until the worker took the one queued job (nothing waiting, one running)."""
+    deadline = time.monotonic() + timeout
+    while engine.queue_depth() != (0, 1):
+        assert time.monotonic() < deadline, engine.queue_depth()
+        time.sleep(0.005)
+
+
+def final(events: queue.Queue, timeout: float = 60.0) -> tuple[list[str], Result]:
+    deltas = []
+    while True:
+        event = events.get(timeout=timeout)
+        if isinstance(event, Result):
+            return deltas, event
+        assert not isinstance(event, BaseException), event
+        deltas.append(event)
+
+
+def test_parse_adapter_specs_names_bare_dirs_after_their_folder():
+    assert parse_adapter_specs(["ner=/x/y", "/runs/sst2", "/runs/qa/adapter/"]) == {
+        "ner": "/x/y", "sst2": "/runs/sst2", "qa": "/runs/qa/adapter/"}
+    assert parse_adapter_specs(None) == {}
+    with pytest.raises(ConfigError, match="twice"):
+        parse_adapter_specs(["/a/run", "/b/run"])
+    with pytest.raises(ConfigError, match="NAME=DIR"):
+        parse_adapter_specs(["=/x"])
+
+
+def test_models_and_resolve(engine, tiny_llama_dir):
+    assert engine.models == [str(tiny_llama_dir), "a"]
+    assert engine.resolve("base") == engine.resolve(None) == str(tiny_llama_dir)
+    with pytest.raises(UnknownModelError, match="'nope' does not exist"):
+        engine.resolve("nope")
+
+
+def test_stream_reassembles_to_the_whole_reply_and_counts_tokens(engine):
+    result = engine.chat(HELLO, "a", max_new_tokens=8)
+    pieces = list(engine.stream_chat(HELLO, "a", max_new_tokens=8))
+    assert len(pieces) > 1
+    assert "".join(pieces) == result.text
+    assert (result.completion_tokens, result.finish_reason) == (8, "length")
+    assert result.prompt_tokens == len(engine.render_chat(HELLO, "a"))
+
+
+def test_waiting_requests_share_one_batch_with_unchanged_greedy_text(engine):
+    prompts = [[{"role": "user", "content": text}] for text in ("Hi", "What is the capital of France?", "A story")]
+    alone = [engine.chat(messages, "a", max_new_tokens=6).text for messages in prompts]
+    batches = engine.stats["batches"]
+    with slow_steps(engine, 0.02):
+        blocker = submit(engine, HELLO, max_new_tokens=10)  # keeps the worker busy while the others queue
+        wait_until_running(engine)
+        waiting = [submit(engine, messages, max_new_tokens=6) for messages in prompts]
+        together = [final(events)[1].text for events in waiting]
+        final(blocker)
+    assert together == alone
+    assert engine.stats["largest_batch"] == 3
+    deadline = time.monotonic() + 10
+    while engine.stats["batches"] < batches + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats["batches"] == batches + 2
+
+
+def test_stop_string_cuts_the_text_and_is_never_streamed(engine):
+    full = engine.chat(HELLO, "a", max_new_tokens=8).text
+    stop = full.strip()[3:6]
+    deltas, result = final(submit(engine, HELLO, stream=True, max_new_tokens=8, stop=[stop]))
+    assert result.text == full[: full.index(stop)]
+    assert "".join(deltas) == result.text
+    assert result.finish_reason == "stop"
+
+
+def test_cancel_stops_a_running_generation(engine):
+    cancelled = engine.stats["cancelled"]
+    with slow_steps(engine, 0.02):
+        events: queue.Queue = queue.Queue()
+        job = engine.submit("a", engine.render_chat(HELLO, "a"), SamplingParams(max_new_tokens=500), events.put,
+                            stream=True)
+        assert isinstance(events.get(timeout=30), str)
+        engine.cancel(job)
+        _, result = final(events, timeout=10)
+    assert result.finish_reason == "cancelled"
+    assert result.completion_tokens < 100
+    assert engine.stats["cancelled"] == cancelled + 1
+
+
+def test_full_queue_refuses_and_a_cancelled_waiting_job_frees_its_place(engine, monkeypatch):
+    monkeypatch.setattr(engine, "max_queue", 1)
+    with slow_steps(engine, 0.02):
+        running = submit(engine, HELLO, max_new_tokens=20)
+        wait_until_running(engine)
+        events: queue.Queue = queue.Queue()
+        waiting = engine.submit("a", engine.render_chat(HELLO, "a"), SamplingParams(max_new_tokens=2), events.put)
+        with pytest.raises(QueueFullError, match="queue is full"):
+            submit(engine, HELLO, max_new_tokens=2)
+        engine.cancel(waiting)
+        assert final(events)[1].finish_reason == "cancelled"
+        final(submit(engine, HELLO, max_new_tokens=2))
+        final(running)
+
+
+def test_token_limits_against_the_context(engine):
+    assert engine.context_length == 2048
+    with pytest.raises(PromptTooLongError, match="context is 2048"):
+        engine.submit("a", [1] * 2048, SamplingParams(), print)
+    with pytest.raises(PromptTooLongError, match="plus max_tokens"):
+        engine.submit("a", [1] * 2000, SamplingParams(max_new_tokens=100), print)
+
+
+def test_json_schema_response_format_gives_matching_json(engine):
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["yes", "no"]}},
+              "required": ["label"], "additionalProperties": False}
+    result = engine.chat(HELLO, "a", max_new_tokens=30,
+                         response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    assert json.loads(result.text)["label"] in ("yes", "no")
+    assert result.finish_reason == "stop"
+    choice = engine.chat(HELLO, None, max_new_tokens=10, response_format={"type": "choice", "choices": ["up", "down"]})
+    assert choice.text in ("up", "down")
+
+
+def test_constraint_spec_and_bad_schemas():
+    assert constraint_spec(None) is None and constraint_spec({"type": "text"}) is None
+    assert constraint_spec({"type": "json_object"}) == {"type": "json_schema", "schema": {"type": "object"}}
+    with pytest.raises(EngineError, match="expected text"):
+        constraint_spec({"type": "xml"})
+
+
+def test_bad_schema_is_refused_at_submit(engine):
+    with pytest.raises(EngineError, match="response_format"):
+        submit(engine, HELLO, response_format={"type": "json_schema", "json_schema": {"schema": {"type": "bogus"}}})
+
+
+def test_closed_engine_refuses_and_fails_waiting_jobs(tiny_llama_dir):
+    engine = Engine(str(tiny_llama_dir), max_queue=4, max_batch=1)
+    with slow_steps(engine, 0.02):
+        running = submit(engine, HELLO, model=None, max_new_tokens=200)
+        wait_until_running(engine)
+        waiting = submit(engine, HELLO, model=None, max_new_tokens=2)
+        engine.close()
+    assert isinstance(waiting.get(timeout=10), EngineClosedError)
+    assert final(running)[1].finish_reason == "cancelled"
+    with pytest.raises(EngineClosedError):
+        submit(engine, HELLO, model=None)

@@ -333,8 +333,8 @@ def model_dir_scorer(cfg: Config) -> Callable[[Path], dict[str, float]]:
     spec = task_spec(cfg)
 
     def score(model_dir: Path) -> dict[str, float]:
-        local = replace(cfg, eval=replace(cfg.eval, checkpoint=str(model_dir),
-                                          output_dir=str(Path(model_dir).parent / f"eval-{Path(model_dir).name.lstrip('.')}")))
+        out = Path(model_dir).parent / f"eval-{Path(model_dir).name.lstrip('.')}"
+        local = replace(cfg, eval=replace(cfg.eval, checkpoint=str(model_dir), output_dir=str(out)))
         metrics = run_eval(local)
         keys = (*HEADLINE[spec.name], "parse_failure_rate", "examples_per_s")
         return {key: float(metrics[key]) for key in keys if isinstance(metrics.get(key), (int, float))}

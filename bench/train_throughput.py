@@ -57,7 +57,7 @@ LF_ROWS_PER_STEP = 10
 TT_PACKS_PER_STEP = 2
 
 HYPER = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lr": 1.0e-4, "warmup_ratio": 0.1,
-         "scheduler": "cosine", "epochs": 1, "seed": 42, "logging_steps": 5}
+         "scheduler": "cosine", "epochs": 1, "seed": 42, "logging_steps": 1}
 
 
 @dataclass
@@ -70,7 +70,9 @@ class Run:
 
 RUNS = {
     "lf": Run("lf", "lf", "LLaMA-Factory defaults (fp32, grad. checkpointing, no packing)"),
-    "lf-bf16": Run("lf-bf16", "lf", "LLaMA-Factory + bf16: true (as its example YAMLs)", ["bf16: true"]),
+    # transformers refuses bf16 without a GPU unless use_cpu is set; it then runs CPU bf16 autocast.
+    "lf-bf16": Run("lf-bf16", "lf", "LLaMA-Factory + bf16: true (as its example YAMLs)",
+                   ["bf16: true", "use_cpu: true"]),
     "tt": Run("tt", "tt", "tasktune defaults (bf16 autocast, packing, logits at targets)"),
     "tt-fp32": Run("tt-fp32", "tt", "tasktune, train.mixed_precision=no", ["train.mixed_precision=no"]),
     "tt-nopack": Run("tt-nopack", "tt", "tasktune, data.packing=false, 10 rows/step",
@@ -172,19 +174,31 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) ->
     return proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 2**20
 
 
+def step_rates(points: list[tuple[float, int]]) -> list[float]:
+    """tokens/s of each logged step from cumulative (seconds, tokens) pairs, the first from (0, 0)."""
+    rates, prev = [], (0.0, 0)
+    for seconds, tokens in points:
+        if seconds > prev[0]:
+            rates.append((tokens - prev[1]) / (seconds - prev[0]))
+        prev = (seconds, tokens)
+    return rates
+
+
 def read_lf(out: Path) -> dict:
     state = json.loads((out / "trainer_state.json").read_text())
+    steps = [r for r in state["log_history"] if "loss" in r]
     final = state["log_history"][-1]
-    losses = [r["loss"] for r in state["log_history"] if "loss" in r]
+    points = [(r["train_runtime"], r["num_input_tokens_seen"]) for r in steps if "train_runtime" in r]
     return {"seconds": final["train_runtime"], "tokens": state["num_input_tokens_seen"],
-            "steps": state["global_step"], "loss": losses[-1] if losses else None}
+            "steps": state["global_step"], "loss": steps[-1]["loss"] if steps else None,
+            "step_tok_s": step_rates(points)}
 
 
 def read_tt(out: Path) -> dict:
     records = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    last = [r for r in records if "loss" in r][-1]
-    return {"seconds": last["elapsed_s"], "tokens": last["tokens_seen"], "steps": last["step"],
-            "loss": last["loss"]}
+    steps = [r for r in records if "loss" in r]
+    return {"seconds": steps[-1]["elapsed_s"], "tokens": steps[-1]["tokens_seen"], "steps": steps[-1]["step"],
+            "loss": steps[-1]["loss"], "step_tok_s": step_rates([(r["elapsed_s"], r["tokens_seen"]) for r in steps])}
 
 
 def one_run(run: Run, work: Path, rep: int, mdir: Path, args) -> dict:
@@ -212,6 +226,7 @@ def one_run(run: Run, work: Path, rep: int, mdir: Path, args) -> dict:
         return result
     result.update((read_lf if run.framework == "lf" else read_tt)(out / "output"))
     result["tok_s"] = result["tokens"] / result["seconds"]
+    result["step_tok_s_median"] = statistics.median(result["step_tok_s"][1:] or result["step_tok_s"])
     return result
 
 
@@ -248,7 +263,8 @@ def main() -> int:
             r = one_run(RUNS[name], work, rep, mdir, args)
             results.append(r)
             if r["exit"] == 0:
-                print(f"  [{rep}] {name:11s} {r['tok_s']:7.1f} tok/s  {r['tokens']:6d} tok in {r['seconds']:6.1f} s "
+                print(f"  [{rep}] {name:11s} {r['tok_s']:7.1f} tok/s (per-step median {r['step_tok_s_median']:6.1f})  "
+                      f"{r['tokens']:6d} tok in {r['seconds']:6.1f} s "
                       f"({r['steps']} steps, loss {r['loss']:.3f})  wall {r['wall_s']:6.1f} s  "
                       f"rss {r['peak_rss_gib']:.2f} GiB  load {r['load_before']:.1f}", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=1))
@@ -259,28 +275,35 @@ def main() -> int:
 def print_table(results: list[dict], names: list[str], n_params: int) -> None:
     ok = [r for r in results if r["exit"] == 0]
     by = {n: [r for r in ok if r["run"] == n] for n in names}
-    base = statistics.median(r["tok_s"] for r in by["lf"]) if by["lf"] else None
+    if not by["lf"]:
+        print("no successful LLaMA-Factory default run: no ratios")
+        return
+    base = statistics.median(r["tok_s"] for r in by["lf"])
+    base_step = statistics.median(r["step_tok_s_median"] for r in by["lf"])
     base_by_rep = {r["repeat"]: r["tok_s"] for r in by["lf"]}
     print()
-    print("| run | what | tokens/s (median) | vs LF default | paired ratio (median) | tokens/step | "
-          "train s | wall s | peak RSS GiB | model GFLOP/s | % of 415 bf16 peak |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | what | tokens/s | vs LF default | paired vs LF | per-step tokens/s | vs LF | tokens/step | "
+          "train s | wall s | peak RSS GiB | model GFLOP/s | of 415 peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         rs = by[name]
         if not rs:
-            print(f"| {name} | {RUNS[name].summary} | failed | | | | | | | | |")
+            print(f"| {name} | {RUNS[name].summary} | failed |" + " |" * 10)
             continue
         tok_s = statistics.median(r["tok_s"] for r in rs)
+        step = statistics.median(r["step_tok_s_median"] for r in rs)
         paired = [r["tok_s"] / base_by_rep[r["repeat"]] for r in rs if r["repeat"] in base_by_rep]
         gflops = 4 * n_params * tok_s / 1e9
-        print(f"| {name} | {RUNS[name].summary} | {tok_s:.0f} | "
-              f"{tok_s / base:.2f}x | {statistics.median(paired):.2f}x | "
+        print(f"| {name} | {RUNS[name].summary} | {tok_s:.0f} | {tok_s / base:.2f}x | "
+              f"{statistics.median(paired):.2f}x | {step:.0f} | {step / base_step:.2f}x | "
               f"{statistics.median(r['tokens'] / r['steps'] for r in rs):.0f} | "
               f"{statistics.median(r['seconds'] for r in rs):.1f} | {statistics.median(r['wall_s'] for r in rs):.1f} | "
-              f"{max(r['peak_rss_gib'] for r in rs):.2f} | {gflops:.0f} | {100 * gflops / PEAK_BF16_GFLOPS:.0f} % |"
-              if base else f"| {name} | {tok_s:.0f} | (no LF baseline) |")
-    print(f"\nmodel GFLOP/s = 4 * {n_params / 1e6:.1f}M * real tokens / training seconds (LoRA: forward 2N + "
-          "backward to activations 2N; recompute, padding and non-target logits not counted).")
+              f"{max(r['peak_rss_gib'] for r in rs):.2f} | {gflops:.0f} | {100 * gflops / PEAK_BF16_GFLOPS:.0f} % |")
+    print(f"\ntokens/s = real tokens / training seconds, median over repeats; paired = median of per-repeat ratios;"
+          f"\nper-step = median over steps (the first excluded) of each run's per-step rate, then median over repeats:"
+          f"\nthe figure least hurt by bursts of load from other processes on a shared machine."
+          f"\nmodel GFLOP/s = 4 * {n_params / 1e6:.1f}M * tokens/s (LoRA: forward 2N + backward to activations 2N;"
+          f" recompute, padding and non-target logits not counted).")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -71,27 +74,46 @@ def tiny_llama_dir(tmp_path_factory, smol_tokenizer) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter_dir(tmp_path_factory, tiny_llama_dir) -> Path:
-    """A LoRA adapter (r=4, all-linear) for `tiny_llama_dir` with random non-zero B, so it changes the logits.
-
-    Saved by `save_trained`: the adapter files and the tokenizer in one directory.
-    """
+def make_tiny_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter (r=4, all-linear) for a tiny model with random non-zero B (it changes the logits),
+    saved by `save_trained`: the adapter files and the tokenizer in one directory. Seeds give different ones."""
     import torch
 
     from tasktune.config.schema import LoraConfig, ModelConfig, TrainConfig
     from tasktune.model.adapters import prepare_for_training, save_trained
     from tasktune.model.load import load_model, load_tokenizer
 
-    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
+    cfg = ModelConfig(name_or_path=str(model_dir))
     model = prepare_for_training(load_model(cfg), TrainConfig(finetuning="lora"), LoraConfig(r=4, alpha=8))
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
-    out = tmp_path_factory.mktemp("tiny_run")
     return save_trained(model, load_tokenizer(cfg), out, "lora")
+
+
+@contextlib.contextmanager
+def slow_steps(model, seconds: float):
+    """Every forward pass of `model` (a PeftModel's base too) sleeps first: a long generation on demand."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = base.forward
+
+    @functools.wraps(original)
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    base.forward = slow
+    try:
+        yield
+    finally:
+        del base.forward
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    return make_tiny_adapter(tiny_llama_dir, tmp_path_factory.mktemp("tiny_run"), seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from tasktune.model.crf import CRF
+from tasktune.model.head_data import allowed_transitions
 
 
 def _path_score(crf: CRF, emissions: torch.Tensor, path: tuple[int, ...]) -> torch.Tensor:
@@ -14,22 +16,27 @@ def _path_score(crf: CRF, emissions: torch.Tensor, path: tuple[int, ...]) -> tor
     for t, tag in enumerate(path):
         total = total + emissions[t, tag]
         if t:
-            total = total + crf.transitions[path[t - 1], tag]
+            total = total + crf.moves()[path[t - 1], tag]
     return total
 
 
-def _random_crf(tags: int, seed: int) -> CRF:
+def _random_crf(tags: int, seed: int, allowed: torch.Tensor | None = None) -> CRF:
     torch.manual_seed(seed)
-    crf = CRF(tags)
+    crf = CRF(tags, allowed)
     with torch.no_grad():
         for param in crf.parameters():
             param.normal_()
     return crf
 
 
-def test_nll_and_viterbi_match_brute_force():
+IOB2 = ["O", "B-X", "I-X"]
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_nll_and_viterbi_match_brute_force(constrained):
     tags, width = 3, 4
-    crf = _random_crf(tags, 0)
+    allowed = allowed_transitions(IOB2) if constrained else None
+    crf = _random_crf(tags, 0, allowed)
     lengths = [4, 1, 3, 2]
     emissions = torch.randn(len(lengths), width, tags)
     mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
@@ -42,6 +49,15 @@ def test_nll_and_viterbi_match_brute_force():
         expected = torch.logsumexp(scores, 0) - _path_score(crf, emissions[b], tuple(gold[b, :n].tolist()))
         assert torch.allclose(nll[b], expected, atol=1e-5)
         assert tuple(paths[b]) == every[int(scores.argmax())]
+        if constrained:  # never O -> I-X
+            assert all(not (a == 0 and c == 2) for a, c in zip(paths[b], paths[b][1:], strict=False))
+
+
+def test_iob2_transitions():
+    allowed = allowed_transitions(["O", "B-A", "I-A", "B-B", "I-B"])
+    assert allowed[:, 2].tolist() == [False, True, True, False, False]
+    assert allowed[:, 4].tolist() == [False, False, False, True, True]
+    assert allowed[:, [0, 1, 3]].all()
 
 
 def test_gradients_flow_and_empty_sequences_cost_nothing():

@@ -159,17 +159,21 @@ def test_qa_head_trains_saves_reloads(tiny_bert_dir, task_files, tmp_path):
         assert answer is None or row.context[scores["start"] : scores["end"]] == answer
 
 
-def test_decoder_classify_head_with_lora(tiny_llama_dir, task_files, tmp_path):
-    """A Llama-family decoder: LlamaForSequenceClassification, the `score` layer trained in full."""
-    cfg = _cfg(tiny_llama_dir, "classify", task_files["classify"], tmp_path / "run")
-    rows, before, after, result = _train_and_reload(cfg, steps=6)
-    assert result.last_loss < result.first_loss
-    _same(before, after)
+@pytest.mark.parametrize("task,head", [("classify", "score"), ("ner", "score"), ("qa", "qa_outputs")])
+def test_decoder_heads_with_lora(tiny_llama_dir, task_files, tmp_path, task, head, capsys):
+    """A Llama-family decoder (LlamaFor{SequenceClassification,TokenClassification,QuestionAnswering}): the
+    backbone comes from the checkpoint (LlamaForQuestionAnswering names it `transformer`, the checkpoint
+    `model`), only the head is new, trained in full and saved with the adapter."""
     from safetensors import safe_open
 
+    cfg = _cfg(tiny_llama_dir, task, task_files[task], tmp_path / "run")
+    rows, before, after, result = _train_and_reload(cfg, steps=8)
+    assert f"new modules {head}\n" in capsys.readouterr().out
+    assert result.last_loss < result.first_loss
+    _same(before, after)
     with safe_open(tmp_path / "run" / "adapter" / "adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
-    assert any("score" in k for k in keys) and any("lora_" in k for k in keys)
+    assert any(head in k for k in keys) and any("lora_" in k for k in keys)
 
 
 def test_predict_cli_reads_jsonl_and_plain_lines(tiny_bert_dir, task_files, tmp_path, capsys, monkeypatch):
@@ -192,3 +196,33 @@ def test_predict_cli_reads_jsonl_and_plain_lines(tiny_bert_dir, task_files, tmp_
     assert json.loads(line)["id"] == "1"
     assert main(["predict", "--model", str(tmp_path)]) == 1
     assert "no task head" in capsys.readouterr().err
+
+
+def test_resume_continues_a_crf_head_exactly(tiny_bert_dir, task_files, tmp_path):
+    """2N steps straight == N steps, stop, resume for N more: same losses, same adapter, head and CRF."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    n = 3
+    extra = ["task.use_crf=true", f"train.save_steps={n}", f"train.max_steps={2 * n}", "train.learning_rate=2e-2"]
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_bert_dir, "ner", task_files["ner"], straight, *extra))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / f"step-{n}", resumed / "checkpoints" / f"step-{n}")
+    lines = (straight / "train_log.jsonl").read_text().splitlines()
+    (resumed / "train_log.jsonl").write_text("\n".join(lines[:n]) + "\n")
+    result = train(_cfg(tiny_bert_dir, "ner", task_files["ner"], resumed, *extra,
+                        "train.resume_from_checkpoint=latest"))
+    assert result.global_step == 2 * n
+
+    def losses(out):
+        return [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
+
+    assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+    for name in ("adapter_model.safetensors", "crf.safetensors"):
+        a, b = load_file(straight / "adapter" / name), load_file(resumed / "adapter" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

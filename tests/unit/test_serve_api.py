@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import make_tiny_adapter, slow_steps
 
 from tasktune.serve.api import BackgroundServer, create_app
 from tasktune.serve.engine import Engine
@@ -26,21 +26,7 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 @pytest.fixture(scope="module")
 def adapter_b_dir(tmp_path_factory, tiny_llama_dir) -> Path:
-    """A second LoRA adapter for the tiny Llama, with other random weights than `tiny_adapter_dir`."""
-    import torch
-
-    from tasktune.config.schema import LoraConfig, ModelConfig, TrainConfig
-    from tasktune.model.adapters import prepare_for_training, save_trained
-    from tasktune.model.load import load_model, load_tokenizer
-
-    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
-    model = prepare_for_training(load_model(cfg), TrainConfig(finetuning="lora"), LoraConfig(r=4, alpha=8))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    return save_trained(model, load_tokenizer(cfg), tmp_path_factory.mktemp("tiny_run_b"), "lora")
+    return make_tiny_adapter(tiny_llama_dir, tmp_path_factory.mktemp("tiny_run_b"), seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +45,6 @@ def server(engine):
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
-
-
-@contextlib.contextmanager
-def slow_steps(engine: Engine, seconds: float):
-    """Every forward pass of `engine`'s model sleeps first: a long generation on demand."""
-    model = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
-    original = model.forward
-
-    @functools.wraps(original)
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    model.forward = slow
-    try:
-        yield
-    finally:
-        del model.forward
 
 
 def greedy(client: openai.OpenAI, model: str, **kwargs):
@@ -241,7 +209,7 @@ def test_overload_gets_429_never_500_and_closing_gets_503(small_server):
         except openai.APIStatusError as err:
             statuses.append(err.status_code)
 
-    with slow_steps(engine, 0.05):
+    with slow_steps(engine.model, 0.05):
         threads = [threading.Thread(target=one_request) for _ in range(6)]
         for thread in threads:
             thread.start()
@@ -260,7 +228,7 @@ def test_overload_gets_429_never_500_and_closing_gets_503(small_server):
 def test_client_disconnect_cancels_the_generation(small_server):
     server, engine = small_server
     body = {"model": "base", "messages": HELLO, "max_tokens": 400, "temperature": 0}
-    with slow_steps(engine, 0.02):
+    with slow_steps(engine.model, 0.02):
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True},
                           timeout=60) as response:
             lines = response.iter_lines()

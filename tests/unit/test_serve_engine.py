@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import queue
 import time
 
 import pytest
+from conftest import slow_steps
 
 from tasktune.config.schema import ConfigError
 from tasktune.serve.engine import (
@@ -32,24 +31,6 @@ def engine(tiny_llama_dir, tiny_adapter_dir):
     engine = Engine(str(tiny_llama_dir), {"a": str(tiny_adapter_dir)}, max_queue=8, max_batch=4)
     yield engine
     engine.close()
-
-
-@contextlib.contextmanager
-def slow_steps(engine: Engine, seconds: float):
-    """Every forward pass of `engine`'s model sleeps first: a long generation on demand."""
-    model = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
-    original = model.forward
-
-    @functools.wraps(original)
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    model.forward = slow
-    try:
-        yield
-    finally:
-        del model.forward
 
 
 def submit(engine: Engine, messages: list[dict], model: str | None = "a", stream: bool = False,
@@ -107,7 +88,7 @@ def test_waiting_requests_share_one_batch_with_unchanged_greedy_text(engine):
     prompts = [[{"role": "user", "content": text}] for text in ("Hi", "What is the capital of France?", "A story")]
     alone = [engine.chat(messages, "a", max_new_tokens=6).text for messages in prompts]
     batches = engine.stats["batches"]
-    with slow_steps(engine, 0.02):
+    with slow_steps(engine.model, 0.02):
         blocker = submit(engine, HELLO, max_new_tokens=10)  # keeps the worker busy while the others queue
         wait_until_running(engine)
         waiting = [submit(engine, messages, max_new_tokens=6) for messages in prompts]
@@ -132,7 +113,7 @@ def test_stop_string_cuts_the_text_and_is_never_streamed(engine):
 
 def test_cancel_stops_a_running_generation(engine):
     cancelled = engine.stats["cancelled"]
-    with slow_steps(engine, 0.02):
+    with slow_steps(engine.model, 0.02):
         events: queue.Queue = queue.Queue()
         job = engine.submit("a", engine.render_chat(HELLO, "a"), SamplingParams(max_new_tokens=500), events.put,
                             stream=True)
@@ -146,7 +127,7 @@ def test_cancel_stops_a_running_generation(engine):
 
 def test_full_queue_refuses_and_a_cancelled_waiting_job_frees_its_place(engine, monkeypatch):
     monkeypatch.setattr(engine, "max_queue", 1)
-    with slow_steps(engine, 0.02):
+    with slow_steps(engine.model, 0.02):
         running = submit(engine, HELLO, max_new_tokens=20)
         wait_until_running(engine)
         events: queue.Queue = queue.Queue()
@@ -192,7 +173,7 @@ def test_bad_schema_is_refused_at_submit(engine):
 
 def test_closed_engine_refuses_and_fails_waiting_jobs(tiny_llama_dir):
     engine = Engine(str(tiny_llama_dir), max_queue=4, max_batch=1)
-    with slow_steps(engine, 0.02):
+    with slow_steps(engine.model, 0.02):
         running = submit(engine, HELLO, model=None, max_new_tokens=200)
         wait_until_running(engine)
         waiting = submit(engine, HELLO, model=None, max_new_tokens=2)

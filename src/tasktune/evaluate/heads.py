@@ -22,11 +22,11 @@ from tasktune.config.schema import Config, ConfigError
 from tasktune.config.task import TaskConfig
 from tasktune.data.report import DataError
 from tasktune.evaluate.report import HEADLINE, format_report, task_metrics, write_jsonl, write_outputs
-from tasktune.evaluate.runner import (  # _correct and _is_main_process: shared with generation
-    _correct,
-    _is_main_process,
+from tasktune.evaluate.runner import (  # is_correct and is_main_process: shared with generation
     default_eval_dir,
     eval_model_config,
+    is_correct,
+    is_main_process,
     load_eval_rows,
     metric_for_best,
     task_spec,
@@ -182,7 +182,7 @@ def score_rows(model: TaskHead, tokenizer, rows: list[Any], spec: TaskConfig, ba
             "reference": _reference(spec.name, row),
             "output": _render(spec.name, prediction, spec),
             "prediction": prediction,
-            "correct": _correct(spec.name, prediction, row, spec),
+            "correct": is_correct(spec.name, prediction, row, spec),
             "scores": scores,
         }
         for row, (prediction, scores) in zip(rows, results, strict=True)
@@ -262,7 +262,7 @@ def make_head_evaluator(cfg: Config):
 
     def evaluate(model: TaskHead, tokenizer, step: int) -> dict[str, float]:
         records, scores, seconds, _ = score_rows(model, tokenizer, rows, spec, cfg.eval.batch_size, progress=False)
-        if _is_main_process():
+        if is_main_process():
             write_jsonl(records, steps_dir / f"step-{step}" / "predictions.jsonl")
         result = {key: float(scores[key]) for key in (*HEADLINE[spec.name], metric)}
         result["parse_failure_rate"] = float(scores["parse_failure_rate"])

@@ -46,15 +46,18 @@ def format_report(metrics: dict[str, Any]) -> str:
     """Headline line, speed line and the task's breakdown table(s)."""
     task = metrics["task"]
     headline = "  ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE[task])
-    decoding = "log-likelihood" if metrics.get("scoring") == "loglik" else (
-        "constrained decoding" if metrics.get("constrained") else "free decoding")
-    lines = [
-        f"== {task} | split {metrics.get('split')} | {metrics['n']} examples | {metrics.get('model')} ==",
-        f"{headline}  parse failures {metrics['parse_failure_rate']:.1%}  "
-        f"cut by max_new_tokens {metrics.get('truncated_rate', 0.0):.1%}",
-        f"{metrics['examples_per_s']:.2f} examples/s, {metrics['generated_tokens_per_s']:.1f} generated tokens/s "
-        f"({decoding})",
-    ]
+    title = f"== {task} | split {metrics.get('split')} | {metrics['n']} examples | {metrics.get('model')} =="
+    truncated = metrics.get("truncated_rate", 0.0)
+    if metrics.get("scoring") == "head":
+        lines = [title, f"{headline}  inputs cut to max_seq_length {truncated:.1%}",
+                 f"{metrics['examples_per_s']:.2f} examples/s (task head)"]
+    else:
+        decoding = "log-likelihood" if metrics.get("scoring") == "loglik" else (
+            "constrained decoding" if metrics.get("constrained") else "free decoding")
+        lines = [title,
+                 f"{headline}  parse failures {metrics['parse_failure_rate']:.1%}  cut by max_new_tokens {truncated:.1%}",
+                 f"{metrics['examples_per_s']:.2f} examples/s, {metrics['generated_tokens_per_s']:.1f} generated "
+                 f"tokens/s ({decoding})"]
     table = _breakdown_table(task, metrics)
     if table:
         lines += ["", table]

@@ -156,7 +156,7 @@ def _constraint(cfg: Config, spec: TaskConfig) -> dict[str, Any] | None:
     return constraint
 
 
-def _correct(task: str, prediction: Any, row: Any, spec: TaskConfig) -> bool | None:
+def is_correct(task: str, prediction: Any, row: Any, spec: TaskConfig) -> bool | None:
     if task == "ner":
         return prediction is not None and Counter((p["type"], p["text"]) for p in prediction) == Counter(
             (e.type, e.text) for e in row.entities)
@@ -197,7 +197,7 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
             "reference": conversation.meta["reference"],
             "output": text,
             "prediction": prediction,
-            "correct": _correct(spec.name, prediction, row, spec),
+            "correct": is_correct(spec.name, prediction, row, spec),
         }
         for row, conversation, text, prediction in zip(rows, conversations, texts, predictions, strict=True)
     ]
@@ -307,7 +307,7 @@ def make_training_evaluator(cfg: Config) -> Evaluator:
 
     def evaluate(model, tokenizer, step: int) -> dict[str, float]:
         scored = predict(cfg, spec, model, tokenizer, rows, progress=True)
-        if _is_main_process():
+        if is_main_process():
             write_jsonl(scored.records, steps_dir / f"step-{step}" / "predictions.jsonl")
         result = {key: float(scored.scores[key]) for key in (*HEADLINE[spec.name], metric)}
         result["parse_failure_rate"] = float(scored.scores["parse_failure_rate"])
@@ -318,7 +318,7 @@ def make_training_evaluator(cfg: Config) -> Evaluator:
     return evaluate
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -11,9 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+FORBIDDEN = -10000.0
+"""Score added to a transition that `allowed` rules out (finite, so sums stay exact and gradients finite)."""
+
 
 class CRF(nn.Module):
-    def __init__(self, num_tags: int) -> None:
+    """allowed: an optional [num_tags, num_tags] boolean matrix of permitted transitions (e.g. no I-PER after
+    O in IOB2); forbidden ones are never decoded and take no probability mass."""
+
+    def __init__(self, num_tags: int, allowed: torch.Tensor | None = None) -> None:
         super().__init__()
         self.start = nn.Parameter(torch.zeros(num_tags))
         """Score of starting a sequence with each tag."""
@@ -21,6 +27,12 @@ class CRF(nn.Module):
         """Score of ending a sequence with each tag."""
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
         """transitions[i, j]: score of tag j following tag i."""
+        penalty = torch.zeros(num_tags, num_tags) if allowed is None else (~allowed).float() * FORBIDDEN
+        self.register_buffer("penalty", penalty, persistent=False)
+
+    def moves(self) -> torch.Tensor:
+        """Transition scores with the forbidden ones penalised."""
+        return self.transitions + self.penalty
 
     def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised score of the given tag paths, shape [batch]."""
@@ -28,16 +40,16 @@ class CRF(nn.Module):
         lengths = mask.sum(1).long()
         tags = tags.clamp(min=0)  # positions past a sequence's end are masked out below
         emitted = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)
-        moved = self.transitions[tags[:, :-1], tags[:, 1:]]
+        moved = self.moves()[tags[:, :-1], tags[:, 1:]]
         last = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
         return (self.start[tags[:, 0]] + (emitted * mask).sum(1) + (moved * mask[:, 1:]).sum(1)
                 + self.end[last])
 
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log of the summed exp-scores of every tag path, shape [batch]."""
-        alpha = self.start + emissions[:, 0]
+        alpha, moves = self.start + emissions[:, 0], self.moves()
         for t in range(1, emissions.shape[1]):
-            step = torch.logsumexp(alpha.unsqueeze(2) + self.transitions + emissions[:, t].unsqueeze(1), dim=1)
+            step = torch.logsumexp(alpha.unsqueeze(2) + moves + emissions[:, t].unsqueeze(1), dim=1)
             alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
         return torch.logsumexp(alpha + self.end, dim=1)
 
@@ -51,10 +63,10 @@ class CRF(nn.Module):
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         """The highest-scoring tag path of each sequence (Viterbi), as lists of its true length."""
         emissions = emissions.float()
-        best = self.start + emissions[:, 0]
+        best, moves = self.start + emissions[:, 0], self.moves()
         history = []
         for t in range(1, emissions.shape[1]):
-            total = best.unsqueeze(2) + self.transitions + emissions[:, t].unsqueeze(1)
+            total = best.unsqueeze(2) + moves + emissions[:, t].unsqueeze(1)
             step, came_from = total.max(dim=1)
             history.append(came_from)
             best = torch.where(mask[:, t].unsqueeze(1), step, best)

@@ -33,6 +33,16 @@ def tag_names(entity_types: list[str]) -> list[str]:
     return ["O"] + [f"{prefix}-{kind}" for kind in entity_types for prefix in "BI"]
 
 
+def allowed_transitions(tags: list[str]) -> torch.Tensor:
+    """IOB2: I-X may only follow B-X or I-X. A window may still start inside an entity (with I-X)."""
+    allowed = torch.ones(len(tags), len(tags), dtype=torch.bool)
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            for i, before in enumerate(tags):
+                allowed[i, j] = before in (f"B-{tag[2:]}", tag)
+    return allowed
+
+
 def head_labels(spec: TaskConfig) -> list[str]:
     """What the head's outputs mean, in id order (saved as id2label): labels, tags, or start/end for qa."""
     if spec.name == "qa":

@@ -9,6 +9,7 @@ OUTPUT/adapter (peft files) or OUTPUT/model (a transformers model), each with th
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tasktune.config.schema import Config, ConfigError, LoraConfig, ModelConfig,
 from tasktune.config.task import TaskConfig
 from tasktune.model.adapters import count_parameters
 from tasktune.model.crf import CRF
-from tasktune.model.head_data import IGNORE, head_labels
+from tasktune.model.head_data import IGNORE, allowed_transitions, head_labels
 from tasktune.model.load import resolve_model_dir
 
 HEAD_FILE = "head.json"
@@ -137,26 +138,41 @@ def _auto_class(task: str):
     return getattr(transformers, AUTO_CLASSES[task])
 
 
+def _backbone_renaming(net: nn.Module, loading: dict[str, Any]) -> dict[str, str] | None:
+    """The key mapping for a checkpoint that keeps the backbone under another name than the head class
+    (transformers' LlamaForQuestionAnswering expects `transformer.*`, a Llama checkpoint has `model.*`)."""
+    prefix = net.base_model_prefix
+    missing = {key for key in loading["missing_keys"] if key.startswith(f"{prefix}.")}
+    for key in loading["unexpected_keys"]:
+        name, _, rest = key.partition(".")
+        if f"{prefix}.{rest}" in missing:
+            return {rf"^{re.escape(name)}\.": f"{prefix}."}
+    return None
+
+
 def _load_net(source: Path, info: HeadInfo, cfg: ModelConfig, pad_token_id: int | None):
     """The transformers head model from a model directory, and the modules it had to create."""
     from transformers.utils import logging as hf_logging
 
     id2label = dict(enumerate(info.outputs))
+    options = dict(
+        num_labels=len(info.outputs),
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        dtype=getattr(torch, cfg.dtype),
+        use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=cfg.attn_implementation,
+        local_files_only=True,
+        output_loading_info=True,
+    )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new head is "missing" by design: said once by build_head instead
     try:
-        net, loading = _auto_class(info.task).from_pretrained(
-            source,
-            num_labels=len(info.outputs),
-            id2label=id2label,
-            label2id={name: i for i, name in id2label.items()},
-            dtype=getattr(torch, cfg.dtype),
-            use_safetensors=True,
-            trust_remote_code=cfg.trust_remote_code,
-            attn_implementation=cfg.attn_implementation,
-            local_files_only=True,
-            output_loading_info=True,
-        )
+        net, loading = _auto_class(info.task).from_pretrained(source, **options)
+        mapping = _backbone_renaming(net, loading)
+        if mapping:
+            net, loading = _auto_class(info.task).from_pretrained(source, key_mapping=mapping, **options)
     finally:
         hf_logging.set_verbosity(verbosity)
     if net.config.pad_token_id is None and pad_token_id is not None:
@@ -177,7 +193,11 @@ def build_head(cfg: Config) -> TaskHead:
     net, new = _load_net(resolve_model_dir(cfg.model.name_or_path), info, cfg.model,
                          load_tokenizer(cfg.model).pad_token_id)
     print(f"{type(net).__name__}: new modules {', '.join(new) or 'none'}", flush=True)
-    crf = CRF(len(info.outputs)) if info.use_crf else None
+    fresh = sum(p.numel() for name, p in net.named_parameters() if name.rsplit(".", 1)[0] in new)
+    if fresh > 0.05 * sum(p.numel() for p in net.parameters()):
+        print(f"warning: {fresh:,} parameters are new, not only a head: does {cfg.model.name_or_path} fit "
+              f"{type(net).__name__}?", flush=True)
+    crf = CRF(len(info.outputs), allowed_transitions(info.outputs)) if info.use_crf else None
     return prepare_head(TaskHead(net, info, crf, new), cfg.train, cfg.lora)
 
 
@@ -267,6 +287,6 @@ def load_head(path: str | Path, model_cfg: ModelConfig | None = None) -> tuple[T
         net = PeftModel.from_pretrained(net, path, is_trainable=False)
     crf = None
     if info.use_crf:
-        crf = CRF(len(info.outputs))
+        crf = CRF(len(info.outputs), allowed_transitions(info.outputs))
         crf.load_state_dict(load_file(path / CRF_FILE))
     return TaskHead(net, info, crf).eval(), tokenizer

@@ -55,7 +55,8 @@ def format_report(metrics: dict[str, Any]) -> str:
         decoding = "log-likelihood" if metrics.get("scoring") == "loglik" else (
             "constrained decoding" if metrics.get("constrained") else "free decoding")
         lines = [title,
-                 f"{headline}  parse failures {metrics['parse_failure_rate']:.1%}  cut by max_new_tokens {truncated:.1%}",
+                 f"{headline}  parse failures {metrics['parse_failure_rate']:.1%}  "
+                 f"cut by max_new_tokens {truncated:.1%}",
                  f"{metrics['examples_per_s']:.2f} examples/s, {metrics['generated_tokens_per_s']:.1f} generated "
                  f"tokens/s ({decoding})"]
     table = _breakdown_table(task, metrics)

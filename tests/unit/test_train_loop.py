@@ -142,3 +142,10 @@ def test_crash_mid_save_leaves_no_complete_checkpoint(tiny_llama_dir, tiny_alpac
     assert (out / "checkpoints" / "step-2.tmp").is_dir()
     assert checkpoints(out / "checkpoints") == []
     assert resolve_resume("latest", out / "checkpoints") is None
+
+
+def test_two_runs_in_one_process_may_use_different_precisions(tiny_llama_dir, tiny_alpaca, tmp_path):
+    first = train(_cfg(tiny_llama_dir, tiny_alpaca, tmp_path / "a", "train.max_steps=1"))
+    second = train(_cfg(tiny_llama_dir, tiny_alpaca, tmp_path / "b", "train.max_steps=1",
+                        "train.mixed_precision=bf16"))
+    assert first.global_step == second.global_step == 1

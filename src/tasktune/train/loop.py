@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedType
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -54,6 +55,16 @@ def resolve_precision(setting: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def new_accelerator(mixed_precision: str) -> Accelerator:
+    """This run's Accelerator. accelerate keeps its settings in process-wide singletons, so a second run in
+    one process (the demo, benchmarks, tests) could not pick another precision: they are reset first, the
+    process group (if any) kept. Without a GPU, a torchrun/`accelerate launch` world (gloo) is recognised
+    only with cpu=True."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def prepare_output_dir(cfg: Config, resuming: bool) -> Path:
@@ -111,9 +122,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         from tasktune.evaluate.runner import make_training_evaluator
 
         evaluator = make_training_evaluator(cfg)
-    # Without a GPU, accelerate recognises a torchrun/`accelerate launch` world (gloo) only when told cpu=True.
-    accelerator = Accelerator(mixed_precision=resolve_precision(tc.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(resolve_precision(tc.mixed_precision))
     main = accelerator.is_main_process
     set_seed(tc.seed)
     ckpt_root = Path(cfg.output.dir) / "checkpoints"

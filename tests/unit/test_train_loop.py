@@ -149,3 +149,23 @@ def test_two_runs_in_one_process_may_use_different_precisions(tiny_llama_dir, ti
     second = train(_cfg(tiny_llama_dir, tiny_alpaca, tmp_path / "b", "train.max_steps=1",
                         "train.mixed_precision=bf16"))
     assert first.global_step == second.global_step == 1
+
+
+def test_best_checkpoint_is_kept_by_the_task_metric(tiny_llama_dir, tiny_alpaca, tmp_path):
+    """The evaluator's "metric" picks the best step; best/ holds that step's adapter and says which step won."""
+    scores = iter([0.50, 0.90, 0.70])
+    seen_steps = []
+
+    def evaluator(model, tokenizer, step):
+        seen_steps.append(step)
+        return {"f1": (value := next(scores)), "metric": value}
+
+    out = tmp_path / "best"
+    result = train(_cfg(tiny_llama_dir, tiny_alpaca, out, "train.max_steps=3", "train.eval_steps=1"),
+                   evaluator=evaluator)
+    assert seen_steps == [1, 2, 3]
+    assert (result.best_step, result.best_metric) == (2, 0.90)
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 2
+    assert (out / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    logged = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if "eval_f1" in x]
+    assert [r["eval_f1"] for r in logged] == [0.50, 0.90, 0.70]

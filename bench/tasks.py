@@ -23,8 +23,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 # name, example config, train rows, dev rows scored, extra overrides
 ROWS = [
-    ("ner-conll2003 generate (SmolLM2 LoRA)", "ner-conll2003.yaml", 1000, 300, ["train.num_epochs=2"]),
-    ("ner-conll2003 head (MiniLM token cls)", "ner-conll2003-head.yaml", 1000, 300, []),
+    ("ner-conll2003 generate (SmolLM2 LoRA)", "ner-conll2003.yaml", 1000, 200,
+     ["train.num_epochs=1", "eval.max_new_tokens=128"]),
+    ("ner-conll2003 head (MiniLM token cls)", "ner-conll2003-head.yaml", 1000, 200, []),
     ("classify-sst2 generate (SmolLM2 LoRA)", "classify-sst2.yaml", 2000, 400, ["train.num_epochs=1"]),
     ("classify-sst2 head (MiniLM seq cls)", "classify-sst2-head.yaml", 2000, 400, []),
     ("classify-sst2 head (SmolLM2 LoRA seq cls)", "classify-sst2-smollm2-head.yaml", 2000, 400, []),

@@ -31,8 +31,8 @@ default in the same invocation, and the per-repeat paired ratio is printed too b
 shared and noisy. The load average before each run is printed.
 
     bench/setup_llamafactory.sh                 # once: .bench/lf-venv (about a minute)
-    .venv/bin/python bench/train_throughput.py  # default: lf, lf-bf16, tt; 2 repeats; ~10 min on a quiet CPU
-    .venv/bin/python bench/train_throughput.py --runs lf,tt,tt-fp32 --rows 48 --repeats 3
+    .venv/bin/python bench/train_throughput.py  # lf, lf-bf16, tt; 48 rows; 2 repeats: ~8 min on a quiet CPU
+    .venv/bin/python bench/train_throughput.py --runs lf,tt,tt-fp32,tt-drop --repeats 3
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Run:
     framework: str  # lf | tt
     summary: str
     extra: list[str] = field(default_factory=list)  # LF: "key: value" YAML lines; tasktune: overrides
+    env: dict[str, str] = field(default_factory=dict)
 
 
 RUNS = {
@@ -81,7 +82,9 @@ RUNS = {
                  ["train.gradient_checkpointing=true"]),
     "tt-drop": Run("tt-drop", "tt", "tasktune, lora.dropout=0.05 (tasktune's own default)",
                    ["lora.dropout=0.05"]),
-    "tt-1thread": Run("tt-1thread", "tt", "tasktune, OMP_NUM_THREADS=1", []),
+    "tt-1thread": Run("tt-1thread", "tt", "tasktune, OMP_NUM_THREADS=1", env={"OMP_NUM_THREADS": "1"}),
+    "lf-bf16-nogc": Run("lf-bf16-nogc", "lf", "LLaMA-Factory + bf16 + disable_gradient_checkpointing",
+                        ["bf16: true", "use_cpu: true", "disable_gradient_checkpointing: true"]),
 }
 
 
@@ -206,9 +209,7 @@ def one_run(run: Run, work: Path, rep: int, mdir: Path, args) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1"}
-    if run.name == "tt-1thread":
-        env["OMP_NUM_THREADS"] = "1"
+           "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1", **run.env}
     if run.framework == "lf":
         cfg = out / "lf.yaml"
         cfg.write_text(lf_yaml(run, mdir, out / "output", args.rows, args.cutoff))
@@ -233,12 +234,20 @@ def one_run(run: Run, work: Path, rep: int, mdir: Path, args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="lf,lf-bf16,tt", help=f"comma list of {', '.join(RUNS)}")
-    parser.add_argument("--rows", type=int, default=80, help="first rows of alpaca_en_demo (1 epoch)")
+    parser.add_argument("--rows", type=int, default=48, help="first rows of alpaca_en_demo (1 epoch)")
     parser.add_argument("--cutoff", type=int, default=1024, help="cutoff_len for both")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is killed")
     parser.add_argument("--workdir", default=str(ROOT / ".bench" / "train_throughput"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the successful runs already in WORKDIR/results.json and do only the missing ones")
+    parser.add_argument("--tt-src", help="also run tasktune defaults from this src/ folder (e.g. a `git worktree` "
+                        "of another commit) as run `tt-src`, to compare two versions in the same invocation")
     args = parser.parse_args()
+    if args.tt_src:
+        src = str(Path(args.tt_src).resolve())
+        RUNS["tt-src"] = Run("tt-src", "tt", f"tasktune defaults, code from {src}", env={"PYTHONPATH": src})
+        args.runs += ",tt-src"
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = [n for n in names if n not in RUNS]
     if unknown:
@@ -256,18 +265,23 @@ def main() -> int:
           f"cutoff_len {args.cutoff}, {os.cpu_count()} CPUs; {args.repeats} repeats of {', '.join(names)}",
           flush=True)
 
-    results: list[dict] = []
+    saved = work / "results.json"
+    results: list[dict] = json.loads(saved.read_text()) if args.resume and saved.is_file() else []
+    done = {(r["run"], r["repeat"]) for r in results if r["exit"] == 0}
+    results = [r for r in results if (r["run"], r["repeat"]) in done]
     for rep in range(args.repeats):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
+            if (name, rep) in done:
+                continue
             r = one_run(RUNS[name], work, rep, mdir, args)
             results.append(r)
+            saved.write_text(json.dumps(results, indent=1))
             if r["exit"] == 0:
                 print(f"  [{rep}] {name:11s} {r['tok_s']:7.1f} tok/s (per-step median {r['step_tok_s_median']:6.1f})  "
                       f"{r['tokens']:6d} tok in {r['seconds']:6.1f} s "
                       f"({r['steps']} steps, loss {r['loss']:.3f})  wall {r['wall_s']:6.1f} s  "
                       f"rss {r['peak_rss_gib']:.2f} GiB  load {r['load_before']:.1f}", flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=1))
     print_table(results, names, n_params)
     return 0 if all(r["exit"] == 0 for r in results) else 1
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import torch
@@ -27,6 +29,33 @@ def count_input_tokens(batch: dict[str, torch.Tensor]) -> int:
     if "attention_mask" in batch and batch["attention_mask"] is not None:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())
+
+
+def tuner_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The peft adapter layers (LoRA, ...) of a model, found once."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def autocast_casts_inputs(layers: list[torch.nn.Module]) -> Iterator[None]:
+    """Inside autocast: leave casting the inputs of these adapter layers to autocast.
+
+    A peft layer casts its input to its adapter's weight dtype (fp32) and autocast casts it straight back
+    to bf16/fp16 for the matmul: a copy and a copy back (and two more in backward) per LoRA layer, with the
+    same numbers as without them. Outside autocast (generation, a bf16 base with fp32 adapters) the cast is
+    needed, so it is switched off only for what runs inside this block. Like
+    `peft.helpers.disable_input_dtype_casting`, without walking the model on every call.
+    """
+    saved = [getattr(layer, "cast_input_dtype_enabled", True) for layer in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved, strict=True):
+            layer.cast_input_dtype_enabled = value
 
 
 @cache

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_lora_example_writes_every_promised_output(tmp_path, smollm2_dir):
     out = tmp_path / "x"
     code = main(["train", str(ROOT / "examples" / "lora-sft-demo.yaml"), "train.max_steps=2",
-                 "train.batch_size=1", "train.logging_steps=1", "data.val_size=0", f"output.dir={out}"])
+                 "train.batch_size=1", "train.logging_steps=1", "data.val_size=0", "data.cutoff_len=192",
+                 f"output.dir={out}"])
     assert code == 0
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert weights and all("lora_" in k for k in weights)

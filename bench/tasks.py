@@ -2,12 +2,15 @@
 
 Rows (from the issue): SmolLM2 + LoRA generative on 1,000 CoNLL-2003 and 2,000 SST-2 training sentences,
 and the head route on the same subsets (MiniLM token / sequence classification, SmolLM2 + LoRA sequence
-classification). "Before" is the untouched model on the same dev sample (for a head: its new, untrained
-classifier, i.e. chance). Needs ../shared/data.
+classification); Chinese NER (CLUENER, 1,000) and sentiment (ChnSentiCorp, 2,000) with SmolLM2 and with
+Gemma 3 270M on the same rows (`--only cluener`, `--only chnsenticorp`, `--only Gemma`). "Before" is the
+untouched model on the same dev sample (for a head: its new, untrained classifier, i.e. chance). Needs
+../shared/data.
 
     .venv/bin/python bench/tasks.py                 # all rows, about 30-40 min on 2 idle cores
     .venv/bin/python bench/tasks.py --only sst2     # rows whose name contains "sst2"
     .venv/bin/python bench/tasks.py --quick         # 10x smaller, to check the plumbing
+    .venv/bin/python bench/tasks.py --only ner --ner-format all   # generative NER once per answer format
 """
 
 from __future__ import annotations
@@ -29,8 +32,33 @@ ROWS = [
     ("classify-sst2 generate (SmolLM2 LoRA)", "classify-sst2.yaml", 2000, 400, ["train.num_epochs=1"]),
     ("classify-sst2 head (MiniLM seq cls)", "classify-sst2-head.yaml", 2000, 400, []),
     ("classify-sst2 head (SmolLM2 LoRA seq cls)", "classify-sst2-smollm2-head.yaml", 2000, 400, []),
+    # Chinese, the same rows for both embedded causal LMs (issue 14): SmolLM2 against the multilingual Gemma 3
+    ("ner-cluener generate (SmolLM2 LoRA)", "ner-cluener.yaml", 1000, 200,
+     ["train.num_epochs=1", "eval.max_new_tokens=128"]),
+    ("ner-cluener generate (Gemma-3-270M LoRA)", "ner-cluener-gemma.yaml", 1000, 200,
+     ["train.num_epochs=1", "eval.max_new_tokens=128"]),
+    ("classify-chnsenticorp generate (SmolLM2 LoRA)", "classify-chnsenticorp.yaml", 2000, 400, ["train.num_epochs=1"]),
+    ("classify-chnsenticorp generate (Gemma-3-270M LoRA)", "classify-chnsenticorp-gemma.yaml", 2000, 400,
+     ["train.num_epochs=1"]),
 ]
 HEADLINE = {"ner": "f1", "classify": "accuracy"}
+NER_FORMATS = ("json", "inline", "tagged-words")
+NER_BUDGET = {"json": 128, "inline": 192, "tagged-words": 384}
+"""eval.max_new_tokens per NER answer format: inline copies the sentence, tagged-words adds a tag per word."""
+
+
+def with_ner_formats(rows: list, formats: list[str]) -> list:
+    """Each generative NER row once per answer format (task.ner_output_format), the others unchanged."""
+    expanded = []
+    for name, config, n_train, n_dev, extra in rows:
+        if not (name.startswith("ner") and "generate" in name):
+            expanded.append((name, config, n_train, n_dev, extra))
+            continue
+        kept = [x for x in extra if not x.startswith("eval.max_new_tokens=")]
+        for fmt in formats:
+            expanded.append((f"{name} [{fmt}]", config, n_train, n_dev,
+                             [*kept, f"task.ner_output_format={fmt}", f"eval.max_new_tokens={NER_BUDGET[fmt]}"]))
+    return expanded
 
 
 def run_row(config: str, train_rows: int, dev_rows: int, extra: list[str], out: Path) -> dict:
@@ -75,18 +103,24 @@ def main() -> int:
     parser.add_argument("--only", default="", help="run the rows whose name contains this text")
     parser.add_argument("--quick", action="store_true", help="10x fewer train and dev rows")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-tasks"))
+    parser.add_argument("--ner-format", choices=[*NER_FORMATS, "all"], default=None,
+                        help="generative NER rows with this answer format (all: one row per format); "
+                             "default: the example config's")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (the benchmark needs the real data beside the project)")
         return 0
     results = {}
-    for name, config, n_train, n_dev, extra in ROWS:
+    rows = ROWS
+    if args.ner_format:
+        rows = with_ner_formats(ROWS, list(NER_FORMATS) if args.ner_format == "all" else [args.ner_format])
+    for name, config, n_train, n_dev, extra in rows:
         if args.only not in name:
             continue
         if args.quick:
             n_train, n_dev = max(20, n_train // 10), max(20, n_dev // 10)
         print(f"\n=== {name}: {n_train} train rows, {n_dev} dev rows ===", flush=True)
-        slug = config.removesuffix(".yaml")
+        slug = config.removesuffix(".yaml") + (f"-{name.rsplit('[', 1)[1].rstrip(']')}" if "[" in name else "")
         results[name] = run_row(config, n_train, n_dev, extra, Path(args.out) / slug)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))

@@ -6,6 +6,11 @@ Deterministic (fixed seed). Writes ner_train.jsonl and ner_dev.jsonl in the shar
 entities [{type, text, start, end}], end exclusive) and ner_instruct.json: the train rows turned into
 conversations by `tasktune.tasks.ner.to_messages`, in LLaMA-Factory's alpaca layout (instruction, input,
 output), so the generic SFT path trains on exactly the prompt and target the NER task scores.
+
+For the multi-task example it also writes sentiment_{train,dev}.jsonl (text, label: negative | positive,
+short synthetic reviews) and qa_{train,dev}.jsonl (SQuAD layout: id, title, context, question,
+answers {text, answer_start}; short synthetic paragraphs built from the same names, places and companies).
+`--only sentiment,qa` writes just those.
 """
 
 from __future__ import annotations
@@ -146,6 +151,97 @@ def to_alpaca(rows: list[dict]) -> list[dict]:
     return records
 
 
+# ---- sentiment and QA, for the multi-task example --------------------------------------------------------
+
+N_SENTIMENT = (240, 60)
+N_QA = (200, 50)
+# fmt: off
+REVIEW_SUBJECTS = ["hotel room", "laptop", "novel", "restaurant", "phone", "train ride", "concert", "jacket",
+                   "coffee", "museum tour", "headphones", "film", "bakery", "guided hike", "keyboard"]
+REVIEW_WORDS = {
+    "positive": (["great", "excellent", "lovely", "superb", "wonderful", "comfortable", "reliable", "delightful"],
+                 ["I would gladly come back.", "Worth every penny.", "Highly recommended.",
+                  "The staff were friendly and quick.", "Better than I expected.", "I will buy it again."]),
+    "negative": (["awful", "disappointing", "noisy", "broken", "slow", "overpriced", "dirty", "boring"],
+                 ["I want my money back.", "Never again.", "Not worth the price.",
+                  "The staff ignored our complaints.", "Worse than I expected.", "I returned it the next day."]),
+}
+REVIEW_TEMPLATES = ["The {subject} was {adj}. {closing}", "What a {adj} {subject}! {closing}",
+                    "{closing} The {subject} felt {adj} from start to finish.",
+                    "Honestly, the {subject} was {adj} and {adj2}."]
+QA_TEMPLATES = [
+    ("{PER} moved to {LOC} in {YEAR} to work for {ORG}.",
+     [("Where did {PER} move?", "LOC"), ("Who did {PER} work for?", "ORG"), ("When did {PER} move?", "YEAR"),
+      ("Who moved to {LOC}?", "PER")]),
+    ("{ORG} opened its first office in {LOC}. Its founder, {PER}, had studied there for {NUM} years.",
+     [("Where did {ORG} open its first office?", "LOC"), ("Who founded {ORG}?", "PER"),
+      ("How many years did {PER} study there?", "NUM")]),
+    ("On {DAY}, {PER} visited the {THING} in {LOC} with a group from {ORG}.",
+     [("What did {PER} visit?", "THING"), ("On which day was the visit?", "DAY"),
+      ("Which group went with {PER}?", "ORG"), ("Where is the {THING}?", "LOC")]),
+]
+# fmt: on
+
+
+def build_sentiment(seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """(train, dev) short reviews with a negative or positive label, balanced, no sentence in both."""
+    rng = random.Random(seed + 1)
+    rows, seen = [], set()
+    while len(rows) < sum(N_SENTIMENT):
+        label = "positive" if len(rows) % 2 == 0 else "negative"
+        adjectives, closings = REVIEW_WORDS[label]
+        adj, adj2 = rng.sample(adjectives, 2)
+        text = rng.choice(REVIEW_TEMPLATES).format(subject=rng.choice(REVIEW_SUBJECTS), adj=adj, adj2=adj2,
+                                                   closing=rng.choice(closings))
+        if text not in seen:
+            seen.add(text)
+            rows.append({"id": "", "text": text[0].upper() + text[1:], "label": label})
+    for i, row in enumerate(rows):
+        row["id"] = f"demo-sent-{i:04d}"
+    return rows[: N_SENTIMENT[0]], rows[N_SENTIMENT[0] :]
+
+
+def build_qa(seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """(train, dev) SQuAD-layout questions; dev questions are about paragraphs never seen in train."""
+    rng = random.Random(seed + 2)
+    fillers = {**FILLERS, "YEAR": [str(y) for y in range(1995, 2024)]}
+    paragraphs, seen = [], set()
+    while sum(len(p[1]) for p in paragraphs) < sum(N_QA):
+        template, questions = rng.choice(QA_TEMPLATES)
+        values = {k: rng.choice(v) for k, v in fillers.items()}
+        context = template.format(**values)
+        if context in seen:
+            continue
+        seen.add(context)
+        rows = []
+        for question, answer_slot in questions:
+            answer = values[answer_slot]
+            if context.count(answer) == 1:  # an unambiguous span
+                rows.append({"question": question.format(**values), "answers": {
+                    "text": [answer], "answer_start": [context.index(answer)]}})
+        paragraphs.append((context, rows))
+    train, dev = [], []
+    for p, (context, rows) in enumerate(paragraphs):
+        target = train if len(train) < N_QA[0] else dev
+        for q, row in enumerate(rows):
+            target.append({"id": f"demo-qa-{p:03d}-{q}", "title": "demo", "context": context, **row})
+    return train, dev[: N_QA[1]]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_multitask(out: Path, seed: int = SEED) -> list[Path]:
+    """sentiment_{train,dev}.jsonl and qa_{train,dev}.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (train, dev) in (("sentiment", build_sentiment(seed)), ("qa", build_qa(seed))):
+        paths += [write_jsonl(out / f"{name}_train.jsonl", train), write_jsonl(out / f"{name}_dev.jsonl", dev)]
+    return paths
+
+
 def write(out: Path, seed: int = SEED) -> list[Path]:
     train, dev = build(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +256,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "demo"))
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--only", help="comma-separated parts to write: ner, sentiment, qa (default: all)")
     args = parser.parse_args()
-    for path in write(Path(args.out), args.seed):
+    parts = set(args.only.split(",")) if args.only else {"ner", "sentiment", "qa"}
+    paths = write(Path(args.out), args.seed) if "ner" in parts else []
+    if parts & {"sentiment", "qa"}:
+        paths += [p for p in write_multitask(Path(args.out), args.seed) if p.name.split("_")[0] in parts]
+    for path in paths:
         print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KB)")
 
 

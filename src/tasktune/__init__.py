@@ -2,6 +2,10 @@
 
 import logging
 
+from tasktune.runtime import set_wait_policy
+
+set_wait_policy()  # before anything imports torch: OpenMP reads it once
+
 __version__ = "0.1.0"
 
 # transformers imports torchao (the int8 export extra) whenever it is installed; torchao then logs missing

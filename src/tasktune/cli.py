@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 
+from tasktune.config.errors import UserError
 from tasktune.config.load import help_text, load_config
 from tasktune.config.schema import Config, ConfigError
-from tasktune.data.report import DataError
+from tasktune.data.text import data_encoding
 from tasktune.registry.lookup import UnknownEntryError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,12 +42,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     path, overrides = _split_config_args(args)
     cfg = load_config(path, overrides)
-    result = train(cfg)
+    with data_encoding(cfg.data.encoding):  # how data/text.py decodes data and task files
+        result = train(cfg)
     if result.main_process and result.first_loss is not None:
         print(f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} in {result.global_step} steps, "
               f"{result.seconds:.0f} s; output in {result.output_dir}")
         if result.best_step is not None:
-            print(f"best checkpoint: step {result.best_step} ({cfg.eval.metric_for_best or 'metric'} "
+            named = cfg.eval.metric_for_best or ("mean of the tasks' metrics" if cfg.tasks else "metric")
+            print(f"best checkpoint: step {result.best_step} ({named} "
                   f"{result.best_metric:.4f}) in {result.output_dir / 'best'}")
     return 0
 
@@ -58,7 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(path, overrides)
     if args.limit is not None:
         cfg.eval.limit = args.limit
-    run_eval(cfg)
+    with data_encoding(cfg.data.encoding):
+        run_eval(cfg)
     return 0
 
 
@@ -99,6 +103,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tasktune.ui.app import run_ui_args
+
+    return run_ui_args(args)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from tasktune.compress.run import run_compress
+
+    path, overrides = _split_config_args(args)
+    run_compress(load_config(path, overrides))
+    return 0
+
+
 def cmd_models(_: argparse.Namespace) -> int:
     from tasktune.registry.lookup import load_registry
 
@@ -109,6 +127,7 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Fine-tune LLMs for real tasks, measured properly.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _config_parser(sub, "train", "Fine-tune a model (LoRA, full or freeze) on the configured data.").set_defaults(
         func=cmd_train
@@ -137,13 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="Merge an adapter; export a Hugging Face, int8 or GGUF model.")
     add_export_args(export).set_defaults(func=cmd_export)
+    _config_parser(sub, "compress", "Quantize, prune and distill a tuned model; score every variant on the task "
+                   "(OUTPUT_DIR/compress/compress_report.json).").set_defaults(func=cmd_compress)
     sub.add_parser("models", help="List the model registry.").set_defaults(func=cmd_models)
+    from tasktune.ui.app import add_ui_args
+
+    ui = sub.add_parser("ui", help="Web UI: data, training, evaluation, chat, export and runs in the browser.")
+    add_ui_args(ui).set_defaults(func=cmd_ui)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    debug = getattr(args, "debug", False) or "--debug" in extra  # also accepted after the subcommand
+    extra = [e for e in extra if e != "--debug"]
     # `key=value` overrides after an option (`eval cfg.yaml --limit 5 eval.split=test`) arrive as leftovers
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
@@ -152,11 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"tasktune: config error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"tasktune: config error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (DataError, UnknownEntryError, FileNotFoundError) as exc:
-        print(f"tasktune: error: {exc}", file=sys.stderr)
+    except (UserError, UnknownEntryError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as exc:
+        if debug:
+            raise
+        print(f"tasktune: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (a data report's detail lines are joined)."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
 
 
 if __name__ == "__main__":

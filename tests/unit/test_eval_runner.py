@@ -87,7 +87,8 @@ def tiny(tiny_llama_dir):
 def make_cfg(tiny_llama_dir, data_dir, task, out, *overrides):
     return load_config(None, [
         f"model.name_or_path={tiny_llama_dir}", f"task.name={task}", f"task.eval_file={data_dir / f'{task}.jsonl'}",
-        "eval.max_new_tokens=6", "eval.batch_size=4", f"output.dir={out}", *EXTRA[task], *overrides,
+        "eval.max_new_tokens=6", "eval.batch_size=4", f"output.dir={out}", *EXTRA[task],
+        "data.max_rejected_share=0.5", *overrides,  # classify.jsonl has 1 bad row of 5 on purpose
     ])  # fmt: skip
 
 
@@ -147,7 +148,8 @@ def fake_generation(texts: list[str]):
     ("task", "texts", "predictions", "correct", "headline"),
     [
         ("ner", ['[{"type": "PER", "text": "John"}, {"type": "LOC", "text": "Paris"}]', "no idea", "[]"],
-         [[{"type": "PER", "text": "John"}, {"type": "LOC", "text": "Paris"}], None, []],
+         [[{"type": "PER", "text": "John", "start": 0, "end": 4},
+           {"type": "LOC", "text": "Paris", "start": 14, "end": 19}], None, []],
          [True, False, True], ("f1", 2 * 0.5 / 1.5)),
         ("qa", ["Paris", "the mat"], ["Paris", "the mat"], [True, False], ("exact_match", 0.5)),
         ("mt", ["Good morning.", ""], ["Good morning.", None], [None, None], ("parse_failure_rate", 0.5)),
@@ -265,7 +267,8 @@ def test_cli_eval_writes_to_the_output_dir(tiny_llama_dir, data_dir, tmp_path, c
     config = {"model": {"name_or_path": str(tiny_llama_dir)},
               "task": {"name": "classify", "eval_file": str(data_dir / "many.jsonl"),
                        "test_file": str(data_dir / "classify.jsonl")},
-              "eval": {"batch_size": 8}, "output": {"dir": str(out)}}  # fmt: skip
+              "eval": {"batch_size": 8}, "output": {"dir": str(out)},
+              "data": {"max_rejected_share": 0.5}}  # fmt: skip
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["eval", str(path), "--limit", "4"]) == 0

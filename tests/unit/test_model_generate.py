@@ -39,10 +39,12 @@ def test_generation_stops_at_an_eos_id(tiny, monkeypatch):
         max_new_tokens=6, do_sample=False, eos_token_id=None,
     )[0, prompt_len:].tolist()
     assert len(full) == 6
-    # make the first greedy token an end token: the answer must stop right after it
-    monkeypatch.setattr(model.generation_config, "eos_token_id", [full[0]])
+    # make a later greedy token an end token: the answer must stop right there, without it
+    k = next(i for i, token in enumerate(full) if token not in full[:i])
+    k = next((i for i, token in enumerate(full) if i > 0 and token not in full[:i]), k)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [full[k]])
     stopped = chat_once(model, tokenizer, MESSAGES, max_new_tokens=6)
-    assert stopped == tokenizer.decode(full[:1], skip_special_tokens=True)
+    assert stopped == tokenizer.decode(full[:k], skip_special_tokens=True)
     assert stopped != tokenizer.decode(full, skip_special_tokens=True)
 
 

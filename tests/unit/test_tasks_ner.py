@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -10,6 +11,7 @@ from tasktune.config.schema import ConfigError
 from tasktune.config.task import TaskConfig
 from tasktune.data.messages import RowError
 from tasktune.tasks import bio, ner
+from tasktune.tasks import ner_formats as formats
 from tasktune.tasks.ner import Entity, NerRow
 
 SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"])
@@ -192,26 +194,47 @@ def test_to_messages_lists_types_and_writes_entities_in_order_of_appearance():
     assert assistant.content == '[{"type": "LOC", "text": "北京"}, {"type": "PER", "text": "李雷"}]'
     assert conv.source == "f:1" and conv.meta["id"] == "x"
     assert ner.parse(assistant.content, r, spec) == [
-        {"type": "LOC", "text": "北京"},
-        {"type": "PER", "text": "李雷"},
+        {"type": "LOC", "text": "北京", "start": 0, "end": 2},
+        {"type": "PER", "text": "李雷", "start": 3, "end": 5},
     ]
     inline = TaskConfig(name="ner", labels=["PER", "LOC"], ner_output_format="inline")
-    assert ner.to_messages(r, inline).messages[1].content == "LOC: 北京; PER: 李雷"
-    assert ner.to_messages(NerRow("y", "f:2", "nothing", []), inline).messages[1].content == "none"
+    assert ner.to_messages(r, inline).messages[1].content == "[北京|LOC]的[李雷|PER]"
+    assert "[entity text|TYPE]" in ner.to_messages(r, inline).messages[0].content
+    assert ner.to_messages(NerRow("y", "f:2", "nothing", []), inline).messages[1].content == "nothing"
+    words = TaskConfig(name="ner", labels=["PER", "LOC"], ner_output_format="tagged-words")
+    assert ner.to_messages(r, words).messages[1].content == "北(B-LOC) 京(I-LOC) 的(O) 李(B-PER) 雷(I-PER)"
     with pytest.raises(ConfigError, match="task.labels"):
         ner.to_messages(r, TaskConfig(name="ner"))
+
+
+def test_targets_of_each_format_cut_words_at_entity_edges():
+    r = row("Ada Park joined Acme Corp. in Oslo.", ("PER", "Ada Park"), ("ORG", "Acme Corp."), ("LOC", "Oslo"))
+    spec = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"])
+    assert ner.target(r.text, r.entities, replace(spec, ner_output_format="inline")) == (
+        "[Ada Park|PER] joined [Acme Corp.|ORG] in [Oslo|LOC].")
+    assert ner.target(r.text, r.entities, replace(spec, ner_output_format="tagged-words")) == (
+        "Ada(B-PER) Park(I-PER) joined(O) Acme(B-ORG) Corp.(I-ORG) in(O) Oslo(B-LOC) .(O)")
+    for fmt in ("json", "inline", "tagged-words"):
+        local = replace(spec, ner_output_format=fmt)
+        parsed = ner.parse(ner.target(r.text, r.entities, local), r, local)
+        assert [(p["type"], p["start"], p["end"]) for p in parsed] == [(e.type, e.start, e.end) for e in r.entities]
+        assert ner.score([parsed], [r], local)["f1"] == 1.0
 
 
 def test_output_constraint_is_a_json_schema_with_the_types():
     constraint = ner.output_constraint(SPEC)
     assert constraint["type"] == "json_schema"
     assert constraint["schema"]["items"]["properties"]["type"]["enum"] == ["PER", "LOC", "ORG"]
-    assert ner.output_constraint(TaskConfig(name="ner", labels=["PER"], ner_output_format="inline")) is None
+    inline = TaskConfig(name="ner", labels=["PER"], ner_output_format="inline")
+    assert ner.output_constraint(inline) is None
+    r = NerRow("y", "f:2", "Ann ran", [])
+    assert ner.row_constraint(r, inline) == {"type": "copy_inline", "text": "Ann ran", "labels": ["PER"]}
+    assert ner.row_constraint(r, SPEC) is None
 
 
 # ---- parser --------------------------------------------------------------------------------------------
 
-ANNA = [{"type": "PER", "text": "Anna"}]
+ANNA = [{"type": "PER", "text": "Anna", "start": None, "end": None}]
 
 
 @pytest.mark.parametrize(
@@ -237,23 +260,43 @@ def test_json_parser_is_tolerant_but_honest(output, expected):
     assert ner.parse(output, None, SPEC) == expected
 
 
+INLINE = TaskConfig(name="ner", labels=["PER", "LOC"], ner_output_format="inline")
+TEXT = NerRow("r", "t:1", "Anna met Anna in Rome [sic]", [])
+
+
 @pytest.mark.parametrize(
     "output, expected",
     [
-        ("PER: Anna; LOC: Rome", [{"type": "PER", "text": "Anna"}, {"type": "LOC", "text": "Rome"}]),
-        ("per: Anna\nLOC: Rome.", [{"type": "PER", "text": "Anna"}, {"type": "LOC", "text": "Rome."}]),
-        ("none", []),
+        ("[Anna|PER] met Anna in [Rome|LOC] [sic]", [("PER", 0, 4), ("LOC", 17, 21)]),
+        ("Anna met [Anna|per] in Rome [sic]", [("PER", 9, 13)]),  # the bracket says which Anna
+        ("Anna met Anna in [Rome|LOC] [s", [("LOC", 17, 21)]),  # cut by the token budget
+        ("Anna met Anna in Rome [sic]", []),
+        ("[Anna|PER] and [Anna|PER] in [Milan|LOC]", [("PER", 0, 4), ("PER", 9, 13), ("LOC", None, None)]),
+        ("[Monday|DATE] Anna met", None),
         ("", None),
-        ("The entities are Anna and Rome", None),
-        ("DATE: Monday", None),
-        ("PER:", None),
     ],
 )
-def test_inline_parser(output, expected):
-    assert (
-        ner.parse(output, None, TaskConfig(name="ner", labels=["PER", "LOC"], ner_output_format="inline"))
-        == expected
-    )
+def test_inline_parser_places_brackets_on_the_text(output, expected):
+    parsed = ner.parse(output, TEXT, INLINE)
+    assert expected is None and parsed is None or [(p["type"], p["start"], p["end"]) for p in parsed] == expected
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("Anna(B-PER) met(O) Anna(O) in(O) Rome(B-LOC) [sic](O)", [("PER", 0, 4), ("LOC", 17, 21)]),
+        ("Anna(O) met(O) Anna(B-PER) in(I-PER) Rome(I-PER)", [("PER", 9, 21)]),
+        ("Anna(O) met(O) Anna(I-PER)", [("PER", 9, 13)]),  # an I- that continues nothing starts one
+        ("Anna met Rome(B-LOC)", [("LOC", 17, 21)]),  # untagged words are O
+        ("Ann(B-PER) Berg(I-PER)", [("PER", None, None)]),  # not in the text
+        ("Anna met Anna", None),
+        ("Anna(B-DATE)", None),
+    ],
+)
+def test_tagged_words_parser(output, expected):
+    spec = replace(INLINE, ner_output_format="tagged-words")
+    parsed = ner.parse(output, TEXT, spec)
+    assert expected is None and parsed is None or [(p["type"], p["start"], p["end"]) for p in parsed] == expected
 
 
 # ---- metrics -------------------------------------------------------------------------------------------
@@ -297,6 +340,27 @@ def test_strict_matching_is_a_multiset_per_sentence():
     s = ner.score([[{"type": "PER", "text": "Li"}] * 3], [r], SPEC)
     assert s["strict"]["micro"]["tp"] == 2 and s["precision"] == pytest.approx(2 / 3) and s["recall"] == 1.0
     assert s["hallucinated"] == 0
+
+
+def test_spans_decide_which_of_two_identical_mentions_is_right():
+    r = NerRow("x", "f:1", "Li met Li", [Entity("PER", "Li", 0, 2), Entity("LOC", "Li", 7, 9)])
+    swapped = [{"type": "LOC", "text": "Li"}, {"type": "PER", "text": "Li"}]  # in order: LOC@0, PER@7
+    s = ner.score([swapped], [r], SPEC)
+    assert s["f1"] == 0.0 and s["text_f1"] == 1.0
+    head = [{"type": "PER", "text": "Li", "start": 0, "end": 2}, {"type": "PER", "text": "Li", "start": 7, "end": 9}]
+    s = ner.score([head], [r], SPEC)
+    assert s["strict"]["per_type"]["PER"]["tp"] == 1 and s["f1"] == 0.5
+    assert ner.exact_match(head, r) is False and ner.exact_match(ner.parse("[Li|PER] met [Li|LOC]", r, INLINE), r)
+    too_many = [{"type": "PER", "text": "Li"}] * 3
+    s = ner.score([too_many], [r], SPEC)
+    assert s["unplaced"] == 1 and s["hallucinated"] == 0 and s["precision"] == pytest.approx(1 / 3)
+
+
+def test_alignment_prefers_whole_words_and_the_order_of_mentions():
+    text = "Jordanian officials met Jordan in Jordan"
+    assert formats.align(["Jordan", "Jordan"], text) == [(24, 30), (34, 40)]
+    assert formats.align(["Jordan", "officials", "Jordan"], text) == [(24, 30), (10, 19), (34, 40)]
+    assert formats.align(["Jordan"] * 4, text) == [(24, 30), (34, 40), (0, 6), None]
 
 
 def test_partial_match_uses_each_gold_entity_once():

@@ -1,10 +1,13 @@
 """Batch plan, learning-rate schedule and checkpoint discovery: the pure parts of the training loop."""
 
+import json
+
 import pytest
 
 from tasktune.train.checkpoint import DONE_MARK, checkpoints, resolve_resume
 from tasktune.train.optim import lr_factor
 from tasktune.train.order import BatchPlan
+from tasktune.train.state_io import CheckpointError, file_digest
 
 
 def _plan(n=23, batch=2, accum=2, world=2):
@@ -58,10 +61,12 @@ def test_only_complete_checkpoints_count(tmp_path):
         d = tmp_path / f"step-{step}"
         d.mkdir()
         if complete:
-            (d / DONE_MARK).write_text("{}")
+            (d / "scheduler.json").write_text("{}")
+            files = {"scheduler.json": file_digest(d / "scheduler.json")}
+            (d / DONE_MARK).write_text(json.dumps({"format": 2, "files": files}))
     (tmp_path / "step-20.tmp").mkdir()
     assert [s for s, _ in checkpoints(tmp_path)] == [5, 10]
     assert resolve_resume("latest", tmp_path).name == "step-10"
     assert resolve_resume("latest", tmp_path / "none") is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         resolve_resume(str(tmp_path / "step-15"), tmp_path)

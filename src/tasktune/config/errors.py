@@ -1,9 +1,14 @@
-"""The error every config section raises, and the shared membership check."""
+"""The error every config section raises (a UserError), and the shared membership check."""
 
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (config, data, paths, checkpoints, models): the CLI prints its message in one
+    line and exits non-zero, without a traceback (`tasktune --debug` shows it)."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration value that cannot be used, with a message that says how to fix it."""
 
 

@@ -42,6 +42,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             value = [value]
         return [_coerce(v, item, where) for v in value]
+    if dataclasses.is_dataclass(tp):  # an item of a list of sections (`tasks:`)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of keys, got {type(value).__name__}")
+        section = tp()
+        _apply(section, value, f"{where}.")
+        return section
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -75,12 +81,31 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
         if key not in names:
             raise ConfigError(f"unknown key {where!r}{_did_you_mean(key, names)}")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if _is_section_list(current, hints[key]) and isinstance(value, dict):  # `tasks.1.weight=2`
+            _apply_items(current, value, where)
+        elif dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} is a section: give it a mapping of keys")
             _apply(current, value, f"{where}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def _is_section_list(current: Any, tp: Any) -> bool:
+    args = typing.get_args(tp)
+    return isinstance(current, list) and typing.get_origin(tp) is list and dataclasses.is_dataclass(args[0])
+
+
+def _apply_items(items: list[Any], values: dict[Any, Any], where: str) -> None:
+    """`{index: {key: value}}` applied to the sections of a list (an override like `tasks.0.weight=2`)."""
+    for index, value in values.items():
+        try:
+            item = items[int(index)]
+        except (ValueError, IndexError):
+            raise ConfigError(f"{where}.{index}: expected an index below {len(items)}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}.{index} is a section: give it a mapping of keys")
+        _apply(item, value, f"{where}.{index}.")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -21,7 +21,7 @@ def row_slice(text: str | None, where: str = "range") -> slice:
     except ValueError:
         raise ConfigError(f"{where}={text!r}: expected start:end, e.g. :1000 or 800:") from None
     return slice(start, end)
-NER_OUTPUT_FORMATS = ("json", "inline")
+NER_OUTPUT_FORMATS = ("json", "inline", "tagged-words")
 TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
 HEAD_TASKS = ("classify", "ner", "qa")
 
@@ -49,7 +49,9 @@ class TaskConfig:
     label_field: str | None = None
     """Column holding the label (classify); default: label."""
     ner_output_format: str = "json"
-    """NER target format: json (`[{"type", "text"}]` in order of appearance) | inline (`type: text; ...`)."""
+    """Generative NER answer: json (`[{"type", "text"}]` in order of appearance) | inline (the text copied with
+    `[mention|TYPE]` brackets; decoding can be constrained to copying) | tagged-words (GNER-style `word(B-TYPE)`,
+    `word(O)` for every word). Every answer is placed on the input's characters and scored span-exact."""
     tag_scheme: str = "auto"
     """Tag scheme of CoNLL/BIO token files: auto | iob1 | iob2 | bioes."""
     instruction: str | None = None
@@ -70,6 +72,10 @@ class TaskConfig:
     class_weights: dict[str, float] | str | None = None
     """classify/ner heads: loss weight per class: balanced (inverse frequency in the training data) or a map
     {label: weight} (ner: entity types and O); unlisted classes weigh 1."""
+    logit_adjustment: float = 1.0
+    """ner heads: training adds this x log(share of each tag among the training words) to the tag scores (the
+    logit-adjusted loss, Menon et al. 2021), so rare entity tags are not drowned by O on sparse data (a head
+    that predicts only O); predictions use the plain scores. 0: off."""
     max_seq_length: int = 384
     """Heads: longest input in tokens; longer ner texts and qa contexts are split into overlapping windows,
     longer classify texts are truncated (reported)."""
@@ -77,6 +83,12 @@ class TaskConfig:
     """Heads: tokens shared by consecutive windows of a long ner text or qa context."""
     max_answer_length: int = 30
     """qa heads: longest answer span considered, in tokens."""
+    weight: float = 1.0
+    """Multi-task runs (`tasks:`): this task's share of the training mixture, relative to the other tasks'
+    weights (its rows are resampled to round(all task rows x weight / sum of weights))."""
+    alias: str | None = None
+    """Multi-task runs: the task's short name, used for its eval folder and as the prefix of its metrics
+    (`ner/f1`); default: task.name (ner, ner-2, ... when repeated)."""
 
     def check(self) -> None:
         if self.name is not None and self.name not in TASK_NAMES:
@@ -87,7 +99,7 @@ class TaskConfig:
             raise ConfigError(f"task.name={self.name!r}: expected one of {', '.join(TASK_NAMES)}{hint}")
         if self.ner_output_format not in NER_OUTPUT_FORMATS:
             raise ConfigError(
-                f"task.ner_output_format={self.ner_output_format!r}: expected one of json, inline"
+                f"task.ner_output_format={self.ner_output_format!r}: expected one of {', '.join(NER_OUTPUT_FORMATS)}"
             )
         if self.tag_scheme not in TAG_SCHEMES:
             raise ConfigError(
@@ -135,6 +147,8 @@ class TaskConfig:
                     raise ConfigError(f"task.class_weights: weights must be positive numbers, got {weights}")
             elif weights != "balanced":
                 raise ConfigError(f"task.class_weights={weights!r}: expected balanced or a map {{label: weight}}")
+        if self.logit_adjustment < 0:
+            raise ConfigError(f"task.logit_adjustment={self.logit_adjustment}: must be >= 0 (0 turns it off)")
         if self.max_seq_length < 16:
             raise ConfigError(f"task.max_seq_length={self.max_seq_length}: must be at least 16")
         if self.name in ("ner", "qa") and not 0 <= self.doc_stride < self.max_seq_length // 2:
@@ -142,6 +156,44 @@ class TaskConfig:
                               f"(task.max_seq_length={self.max_seq_length})")
         if self.max_answer_length < 1:
             raise ConfigError("task.max_answer_length must be at least 1")
+
+
+def task_aliases(tasks: list[TaskConfig]) -> list[str]:
+    """Each task's alias: its own, else its name, numbered (ner, ner-2) when the name repeats."""
+    seen: dict[str, int] = {}
+    aliases = []
+    for spec in tasks:
+        base = spec.alias or str(spec.name)
+        seen[base] = seen.get(base, 0) + 1
+        aliases.append(base if spec.alias or seen[base] == 1 else f"{base}-{seen[base]}")
+    return aliases
+
+
+def check_task_list(tasks: list[TaskConfig], single: TaskConfig) -> None:
+    """The `tasks:` list of a multi-task run: generative tasks with names, train data, positive weights and
+    distinct aliases, and no `task:` section beside it."""
+    if not tasks:
+        return
+    if single.name:
+        raise ConfigError("set either task (one task) or tasks (a list, one adapter for all), not both")
+    for i, spec in enumerate(tasks):
+        where = f"tasks[{i}]"
+        if not spec.name:
+            raise ConfigError(f"{where}.name is not set: expected one of {', '.join(TASK_NAMES)}")
+        try:
+            spec.check()
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        if spec.method != "generate":
+            raise ConfigError(f"{where}.method={spec.method!r}: multi-task runs train one generative adapter; "
+                              "task heads need a run of their own")
+        if isinstance(spec.weight, bool) or not spec.weight > 0:
+            raise ConfigError(f"{where}.weight={spec.weight!r}: must be a positive number")
+        if spec.alias is not None and (not spec.alias.strip() or "/" in spec.alias):
+            raise ConfigError(f"{where}.alias={spec.alias!r}: a non-empty name without '/'")
+    aliases = task_aliases(tasks)
+    if len(set(aliases)) != len(aliases):
+        raise ConfigError(f"tasks: aliases must differ, got {aliases} (set tasks[i].alias)")
 
 
 @dataclass
@@ -158,15 +210,16 @@ class EvalConfig:
     max_new_tokens: int | None = None
     """Generation budget per example; None: the task's default."""
     constrained: bool | None = None
-    """Constrain decoding to the task's output format (classify: a label; ner json: the entity list schema);
-    None: on for classify, off for the others."""
+    """Constrain decoding to the task's output format (classify: a label; ner json: the entity list schema;
+    ner inline: copying the input with `[mention|TYPE]` brackets); None: on for classify and ner inline."""
     scoring: str = "generate"
     """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
     during_training_limit: int = 200
     """Examples of the eval split scored at every train.eval_steps (a fixed, seeded sample)."""
     metric_for_best: str | None = None
     """Metric that picks the best checkpoint during training (higher is better; ter is refused); None: ner f1,
-    classify macro_f1, qa f1, mt bleu."""
+    classify macro_f1, qa f1, mt bleu. Multi-task runs: ALIAS/METRIC (e.g. ner/f1); None: the mean of the
+    tasks' default metrics (mt bleu divided by 100)."""
     output_dir: str | None = None
     """Where predictions.jsonl, metrics.json and plots go; None: OUTPUT_DIR/eval (eval-test, eval-train for
     the other splits)."""

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasktune.config.errors import UserError
 from tasktune.data.messages import RowError
 
 EXCERPT_CHARS = 300
 SHOWN_PER_REASON = 3
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot be used as a whole (unknown dataset, unreadable file, too many rejected rows)."""
 
 

@@ -1,18 +1,19 @@
 """Read rows from json / jsonl / csv / parquet files or folders of them, each with where it came from.
 
-Sources are `file:line` for JSON lines and csv (1-based physical line) and `file:#index` (0-based) for
+Text files are read by data/text.py (UTF-8, lines split on "\\n" only). Sources are `file:line` for JSON
+lines and csv (1-based physical line; where a csv record ends) and `file:#index` (0-based) for
 JSON lists and parquet. A line that is not valid JSON, or a row that is not an object, goes to the report.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tasktune.data.report import DataError, RejectReport
+from tasktune.data.text import csv_rows, read_lines, read_text, split_lines
 
 Row = tuple[dict[str, Any], str]
 
@@ -31,41 +32,44 @@ def _json_lines(file: Path, lines: list[str], report: RejectReport) -> Iterator[
             continue
         try:
             yield json.loads(line), f"{file}:{number}"
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             report.reject(f"{file}:{number}", "invalid_json", str(err), line)
 
 
 def read_jsonl(file: Path, report: RejectReport) -> Iterator[Row]:
-    with file.open(encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
-    yield from _objects(_json_lines(file, lines, report), report)
+    yield from _objects(_json_lines(file, read_lines(file), report), report)
 
 
 def read_json(file: Path, report: RejectReport) -> Iterator[Row]:
     """A JSON list of objects, or JSON lines under a .json name."""
-    text = file.read_text(encoding="utf-8-sig")
+    text = read_text(file)
     if not text.lstrip().startswith("["):
-        yield from _objects(_json_lines(file, text.splitlines(), report), report)
+        yield from _objects(_json_lines(file, split_lines(text), report), report)
         return
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise DataError(f"{file}: not valid JSON ({err}); expected a list of objects or JSON lines") from None
     yield from _objects(((row, f"{file}:#{i}") for i, row in enumerate(data)), report)
 
 
 def read_csv(file: Path, report: RejectReport) -> Iterator[Row]:
-    with file.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            row.pop(None, None)  # cells beyond the header
-            yield row, f"{file}:{reader.line_num}"  # the line the record ends on (header: line 1)
+    """Rows under the header line; `file:line` is the line a record ends on (header: line 1)."""
+    for _, line, row in csv_rows(read_text(file)):
+        if isinstance(row, str):
+            report.reject(f"{file}:{line}", "invalid_csv", row)
+        else:
+            yield row, f"{file}:{line}"
 
 
 def read_parquet(file: Path, report: RejectReport) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
-    for i, row in enumerate(pq.read_table(file).to_pylist()):
+    try:
+        table = pq.read_table(file)
+    except Exception as err:  # pyarrow raises its own error types for files that are not parquet
+        raise DataError(f"{file}: not a readable parquet file ({err})") from None
+    for i, row in enumerate(table.to_pylist()):
         yield row, f"{file}:#{i}"
 
 

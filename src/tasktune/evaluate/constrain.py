@@ -2,12 +2,16 @@
 
 `{"type": "choice", "choices": [...]}` -> a token trie over the labels (ours); `{"type": "json_schema",
 "schema": {...}}` -> lm-format-enforcer's JsonSchemaParser driven by our processor (its own transformers
-integration does not import on transformers 5). Both look only at the tokens a row generated so far, so they
-work with left-padded batches; a row that already emitted a stop token is left alone.
+integration does not import on transformers 5); `{"type": "copy_inline", "text": ..., "labels": [...]}` ->
+a per-example constraint for inline NER (`evaluate.copy_inline`): copy the text, `[` opens a mention,
+`|LABEL]` closes it. All look only at the tokens a row generated so far, so they work with left-padded
+batches; a row that already emitted a stop token is left alone. `RowConstraints` gives each row of a batch
+its own constraint (or none).
 """
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -58,13 +62,18 @@ class SuffixConstraint(LogitsProcessor):
         self.prompt_length = 0
         self._masks: dict[int, tuple[Any, torch.Tensor]] = {}
 
-    def start(self, prompt_length: int) -> SuffixConstraint:
-        """Begin a new batch whose (left-padded) prompts are `prompt_length` tokens long."""
+    def start(self, prompt_length: int, rows: Sequence[int] | None = None) -> SuffixConstraint:
+        """Begin a new batch whose (left-padded) prompts are `prompt_length` tokens long (`rows`: which
+        conversations the batch holds, for per-row constraints)."""
         self.prompt_length = prompt_length
         return self
 
     def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:
         raise NotImplementedError
+
+    def row_mask(self, generated: tuple[int, ...], vocab: int, device: torch.device) -> torch.Tensor:
+        """The boolean mask of tokens allowed after `generated` (model/decode.py's RowConstraint)."""
+        return self._mask(self.allowed(generated), vocab, device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         keep = torch.ones_like(scores, dtype=torch.bool)
@@ -131,7 +140,7 @@ class JsonSchemaConstraint(SuffixConstraint):
         config.max_consecutive_whitespaces = MAX_JSON_WHITESPACE
         config.force_json_field_order = True
 
-    def start(self, prompt_length: int) -> SuffixConstraint:
+    def start(self, prompt_length: int, rows: Sequence[int] | None = None) -> SuffixConstraint:
         self.enforcer.prefix_states.clear()  # per-sequence states; the per-parser-state cache is kept
         return super().start(prompt_length)
 
@@ -165,10 +174,55 @@ def enforcer_data(tokenizer):
 
 
 def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int]) -> SuffixConstraint:
-    """The processor for a task's `output_constraint` spec."""
+    """The processor for a task's `output_constraint` (or per-row `row_constraint`) spec."""
     kind = spec.get("type")
     if kind == "choice":
         return ChoiceConstraint(tokenizer, spec["choices"], stop_ids)
     if kind == "json_schema":
         return JsonSchemaConstraint(tokenizer, spec["schema"], stop_ids)
-    raise ConfigError(f"unknown output constraint type {kind!r}: expected choice or json_schema")
+    if kind == "copy_inline":
+        from tasktune.evaluate.copy_inline import CopyInlineConstraint
+
+        return CopyInlineConstraint(tokenizer, spec["text"], spec["labels"], stop_ids)
+    raise ConfigError(f"unknown output constraint type {kind!r}: expected choice, json_schema or copy_inline")
+
+
+class RowConstraints(SuffixConstraint):
+    """One constraint (or None: free text) per conversation; each row of a batch is masked by its own.
+
+    Identical specs share one processor (a label set, a schema); `start` must name the batch's rows."""
+
+    def __init__(self, specs: Sequence[dict[str, Any] | None], tokenizer, stop_ids: Sequence[int]):
+        super().__init__(stop_ids)
+        built: dict[str, SuffixConstraint] = {}
+        self.by_row: list[SuffixConstraint | None] = []
+        for spec in specs:
+            key = json.dumps(spec, sort_keys=True, ensure_ascii=False) if spec else ""
+            if spec and key not in built:
+                built[key] = build_constraint(spec, tokenizer, stop_ids)
+            self.by_row.append(built[key] if spec else None)
+        self.active: list[SuffixConstraint | None] = []
+
+    def start(self, prompt_length: int, rows: Sequence[int] | None = None) -> SuffixConstraint:
+        if rows is None:
+            raise ValueError("RowConstraints.start needs the rows of the batch")
+        self.active = [self.by_row[i] for i in rows]
+        for constraint in {id(c): c for c in self.active if c is not None}.values():
+            constraint.start(prompt_length)
+        return super().start(prompt_length)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows = [scores[b : b + 1] if c is None else c(input_ids[b : b + 1], scores[b : b + 1])
+                for b, c in enumerate(self.active)]
+        return torch.cat(rows)
+
+
+def make_processor(constraint: dict[str, Any] | Sequence[dict[str, Any] | None] | None, tokenizer,
+                   stop_ids: Sequence[int]) -> SuffixConstraint | None:
+    """One spec -> its processor; a list of specs (None: free text), one per conversation -> RowConstraints;
+    None or a list of only None -> None."""
+    if constraint is None or isinstance(constraint, dict):
+        return build_constraint(constraint, tokenizer, stop_ids) if constraint else None
+    if not any(constraint):
+        return None
+    return RowConstraints(constraint, tokenizer, stop_ids)

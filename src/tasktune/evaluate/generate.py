@@ -1,4 +1,4 @@
-"""Batched greedy generation for evaluation: left-padded batches of similar length, results in input order."""
+"""Greedy generation for evaluation on the shared decoding core (model/decode.py), results in input order."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList
 
-from tasktune.evaluate.constrain import SuffixConstraint, build_constraint
+from tasktune.evaluate.constrain import RowConstraints, SuffixConstraint, build_constraint
+from tasktune.model.decode import Decoder, Request, common_prefix
 from tasktune.model.generate import stop_token_ids
 
 
@@ -46,59 +46,58 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def row_constraints(constraint: dict[str, Any] | list[dict[str, Any] | None] | None, tokenizer,
+                    stop_ids: list[int], n: int) -> list[SuffixConstraint | None]:
+    """One constraint object (or None) per conversation; identical specs share one object."""
+    if constraint is None:
+        return [None] * n
+    if isinstance(constraint, dict):
+        return [build_constraint(constraint, tokenizer, stop_ids)] * n
+    if len(constraint) != n:
+        raise ValueError(f"{len(constraint)} constraints for {n} conversations")
+    return RowConstraints(constraint, tokenizer, stop_ids).by_row
+
+
 def generate_texts(
     model,
     tokenizer,
     conversations: list[list[dict]],
     max_new_tokens: int,
     batch_size: int = 16,
-    constraint: dict[str, Any] | None = None,
+    constraint: dict[str, Any] | list[dict[str, Any] | None] | None = None,
     progress: bool = True,
 ) -> GenerationResult:
-    """Greedy replies to `conversations` (message dicts ending on a user turn), batched longest first.
+    """Greedy replies to `conversations` (message dicts ending on a user turn), with continuous batching
+    (model/decode.py): at most `batch_size` rows at once, a finished row replaced at once by the next one,
+    the prompt prefix every conversation shares encoded once.
 
-    constraint: a task's `output_constraint` spec (choice or json_schema), or None for free text.
+    constraint: a task's `output_constraint` spec (choice, json_schema, copy_inline), or a list with one spec
+    (or None: free text) per conversation, or None for free text.
     """
     started = time.perf_counter()
     if not conversations:
         return GenerationResult([], 0, 0.0, [])
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    processor: SuffixConstraint | None = build_constraint(constraint, tokenizer, stop_ids) if constraint else None
+    constraints = row_constraints(constraint, tokenizer, stop_ids, len(conversations))
     encoded = prompt_ids(tokenizer, conversations)
+    # longest first: the batch starts full and the short tail fills the gaps
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    texts: list[str] = [""] * len(encoded)
-    truncated = [False] * len(encoded)
-    generated = 0
+    requests = [Request(encoded[i], max_new_tokens, constraint=constraints[i]) for i in order]
+    decoder = Decoder(model, stop_ids, pad_id, max_batch=batch_size, prefix_ids=common_prefix(encoded))
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(encoded), desc="generate", unit="ex", disable=not progress, leave=False)
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            input_ids, attention_mask = left_pad([encoded[i] for i in batch], pad_id)
-            extra = {}
-            if processor is not None:
-                extra["logits_processor"] = LogitsProcessorList([processor.start(input_ids.shape[1])])
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=input_ids.to(model.device),
-                    attention_mask=attention_mask.to(model.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False, temperature=None, top_p=None, top_k=None,
-                    use_cache=True,
-                    eos_token_id=stop_ids,
-                    pad_token_id=pad_id,
-                    **extra,
-                )  # fmt: skip
-            for i, row in zip(batch, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                end = next((k for k, token in enumerate(row) if token in stop_ids), None)
-                kept = row if end is None else row[:end]
-                texts[i] = tokenizer.decode(kept, skip_special_tokens=True)
-                truncated[i] = end is None and len(row) >= max_new_tokens
-                generated += len(row) if end is None else end + 1
-            bar.update(len(batch))
+        decoder.run(requests, progress=lambda _request: bar.update(1))
     finally:
         bar.close()
         model.train(was_training)
+    texts: list[str] = [""] * len(encoded)
+    truncated = [False] * len(encoded)
+    generated = 0
+    for i, request in zip(order, requests, strict=True):
+        texts[i] = tokenizer.decode(request.generated, skip_special_tokens=True)
+        truncated[i] = request.finish_reason == "length"
+        generated += len(request.generated) + int(request.stop_token_seen)
     return GenerationResult(texts, generated, time.perf_counter() - started, truncated)

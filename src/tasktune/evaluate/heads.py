@@ -21,7 +21,14 @@ from tasktune.config.load import save_config
 from tasktune.config.schema import Config, ConfigError
 from tasktune.config.task import TaskConfig
 from tasktune.data.report import DataError
-from tasktune.evaluate.report import HEADLINE, format_report, task_metrics, write_jsonl, write_outputs
+from tasktune.evaluate.report import (
+    HEADLINE,
+    degenerate_warning,
+    format_report,
+    task_metrics,
+    write_jsonl,
+    write_outputs,
+)
 from tasktune.evaluate.runner import (  # is_correct and is_main_process: shared with generation
     default_eval_dir,
     eval_model_config,
@@ -154,17 +161,17 @@ def _predict(model, tokenizer, rows, spec, batch_size, progress) -> tuple[list[t
 # ---- scoring and files ---------------------------------------------------------------------------------
 
 
-def _render(task: str, prediction: Any, spec: TaskConfig) -> str:
+def _render(task: str, prediction: Any, spec: TaskConfig, row: Any) -> str:
     """The prediction as the generative route would have written it (the `output` field)."""
     if task == "ner":
         entities = [ner.Entity(p["type"], p["text"], p["start"], p["end"]) for p in prediction]
-        return ner.target(entities, spec)
+        return ner.target(row.text, entities, spec)
     return prediction or ""
 
 
 def _reference(task: str, row: Any) -> Any:
     if task == "ner":
-        return [{"type": e.type, "text": e.text} for e in row.entities]
+        return [{"type": e.type, "text": e.text, "start": e.start, "end": e.end} for e in row.entities]
     return row.label if task == "classify" else row.answers
 
 
@@ -180,7 +187,7 @@ def score_rows(model: TaskHead, tokenizer, rows: list[Any], spec: TaskConfig, ba
             "id": row.id,
             "input": {"question": row.question, "context": row.context} if spec.name == "qa" else row.text,
             "reference": _reference(spec.name, row),
-            "output": _render(spec.name, prediction, spec),
+            "output": _render(spec.name, prediction, spec, row),
             "prediction": prediction,
             "correct": is_correct(spec.name, prediction, row, spec),
             "scores": scores,
@@ -264,6 +271,9 @@ def make_head_evaluator(cfg: Config):
         records, scores, seconds, _ = score_rows(model, tokenizer, rows, spec, cfg.eval.batch_size, progress=False)
         if is_main_process():
             write_jsonl(records, steps_dir / f"step-{step}" / "predictions.jsonl")
+            warning = degenerate_warning(spec.name, scores)
+            if warning:
+                print(f"\n!!! step {step}: {warning} !!!", flush=True)
         result = {key: float(scores[key]) for key in (*HEADLINE[spec.name], metric)}
         result["parse_failure_rate"] = float(scores["parse_failure_rate"])
         result["examples_per_s"] = len(rows) / seconds if seconds else 0.0

@@ -21,6 +21,25 @@ class LoglikResult:
     seconds: float
 
 
+def right_aligned(sequences: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of shape (len(sequences), width): each sequence at the right end, 0 / False before it."""
+    ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+            mask[row, width - len(sequence) :] = True
+    return ids, mask
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed log p(target) over the positions where `mask` is set: the target's logit minus
+    the log-sum-exp of the position's logits (in float32), without a log-softmax copy of the logits."""
+    picked = logits.gather(-1, targets[..., None]).squeeze(-1).float()
+    normaliser = torch.logsumexp(logits.float(), dim=-1)
+    return ((picked - normaliser) * mask).sum(-1)
+
+
 def score_choices(
     model, tokenizer, conversations: list[list[dict]], labels: list[str], batch_size: int = 16,
     progress: bool = True,
@@ -28,7 +47,10 @@ def score_choices(
     """Sum of log p(label tokens + end-of-turn | prompt) for every (conversation, label) pair, batched.
 
     Pairs are left-padded, so every continuation ends at the last position and only the last logits are
-    computed (`logits_to_keep`); positions follow the attention mask, as in generation.
+    computed (`logits_to_keep`): with a 262k vocabulary (Gemma 3) the prompt positions never reach the output
+    layer. Each log-probability is the target's logit minus the log-sum-exp of its row, so no second
+    vocabulary-sized tensor (log-softmax) is made and only the scores leave the device. Positions follow
+    the attention mask, as in generation.
     """
     started = time.perf_counter()
     label_ids, end_id = label_token_ids(tokenizer, labels)
@@ -47,6 +69,7 @@ def score_choices(
             ids, mask = left_pad([prompts[c] + continuations[k] for c, k in batch], pad_id)
             keep = max(len(continuations[k]) for _, k in batch) + 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            targets, counted = right_aligned([continuations[k] for _, k in batch], keep - 1)
             with torch.inference_mode():
                 logits = model(
                     input_ids=ids.to(model.device),
@@ -54,12 +77,10 @@ def score_choices(
                     position_ids=positions.to(model.device),
                     logits_to_keep=keep,
                     use_cache=False,
-                ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).cpu()  # predicts the last keep-1 tokens
+                ).logits[:, :-1]  # the last keep-1 positions predict the continuation tokens
+                summed = target_logprobs(logits, targets.to(logits.device), counted.to(logits.device)).cpu()
             for row, (c, k) in enumerate(batch):
-                target = continuations[k]
-                predicted = logprobs[row, keep - 1 - len(target) :]
-                scores[c][k] = float(predicted.gather(-1, torch.tensor(target)[:, None]).sum())
+                scores[c][k] = float(summed[row])
             bar.update(len(batch))
     finally:
         bar.close()

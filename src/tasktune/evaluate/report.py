@@ -42,6 +42,20 @@ def task_metrics(task: str, scores: dict[str, Any], rows: list[Any]) -> dict[str
 _MT_KEYS = ("n", "bleu", "chrf", "ter", "bleu_signature", "chrf_signature", "ter_signature")
 
 
+def degenerate_warning(task: str, scores: dict[str, Any]) -> str | None:
+    """A loud line when a model answered the same for the whole sample (ner: no entity at all; classify: one
+    label for every text), which F1 alone hides behind a zero; None otherwise."""
+    n = scores.get("n", 0)
+    if task == "ner" and n and scores.get("predicted_entities", 1) == 0:
+        return (f"WARNING: the model predicted NO entity in any of the {n} examples (a collapsed model; see "
+                "README 'Heads that do not collapse' for the causes and the recipe)")
+    if task == "classify" and n > 1:
+        used = [label for label, s in scores.get("per_class", {}).items() if s.get("predicted")]
+        if len(used) == 1 and len(scores["per_class"]) > 1:
+            return f"WARNING: the model answered {used[0]!r} for all {n} examples (a collapsed model)"
+    return None
+
+
 def format_report(metrics: dict[str, Any]) -> str:
     """Headline line, speed line and the task's breakdown table(s)."""
     task = metrics["task"]
@@ -59,6 +73,9 @@ def format_report(metrics: dict[str, Any]) -> str:
                  f"cut by max_new_tokens {truncated:.1%}",
                  f"{metrics['examples_per_s']:.2f} examples/s, {metrics['generated_tokens_per_s']:.1f} generated "
                  f"tokens/s ({decoding})"]
+    warning = degenerate_warning(task, metrics)
+    if warning:
+        lines.append(f"!!! {warning} !!!")
     table = _breakdown_table(task, metrics)
     if table:
         lines += ["", table]

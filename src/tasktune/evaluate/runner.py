@@ -1,7 +1,7 @@
 """Score a model on a task: rows -> prompts -> greedy generation (or label log-likelihood) -> parse -> score.
 
 `tasktune eval` calls `run_eval`; the training loop calls the function `make_training_evaluator` returns.
-Per-example `correct`: ner = the predicted (type, text) multiset equals the reference; classify = same
+Per-example `correct`: ner = the predicted (type, start, end) spans equal the reference; classify = same
 label; qa = exact match with a reference (the task's normalisation); mt = null (BLEU/chrF/TER are corpus
 scores, and no per-sentence threshold says "correct").
 """
@@ -9,7 +9,6 @@ scores, and no per-sentence threshold says "correct").
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,14 @@ from tasktune.config.task import TaskConfig
 from tasktune.data.report import DataError, RejectReport
 from tasktune.evaluate.generate import generate_texts
 from tasktune.evaluate.loglik import score_choices
-from tasktune.evaluate.report import HEADLINE, format_report, task_metrics, write_jsonl, write_outputs
+from tasktune.evaluate.report import (
+    HEADLINE,
+    degenerate_warning,
+    format_report,
+    task_metrics,
+    write_jsonl,
+    write_outputs,
+)
 from tasktune.tasks import get_task, resolve_labels, task_rows
 
 DEFAULT_MAX_NEW_TOKENS = {"ner": 256, "classify": 16, "qa": 64, "mt": 256}
@@ -65,12 +71,14 @@ def sample_rows(rows: list[Any], limit: int | None, seed: int) -> list[Any]:
 
 
 def load_eval_rows(
-    cfg: Config, spec: TaskConfig | None = None, split: str | None = None, limit: int | None = None
+    cfg: Config, spec: TaskConfig | None = None, split: str | None = None, limit: int | None = None,
+    rejected_path: Path | None = None,
 ) -> tuple[list[Any], RejectReport]:
     """Valid rows of the `eval.split` file (a seeded sample of `eval.limit`) and the report of rejected rows.
 
     split / limit override eval.split / eval.limit; task.train_range (split train) or task.eval_range
-    (eval, test) slices the valid rows before sampling.
+    (eval, test) slices the valid rows before sampling. Rejected rows are written to `rejected_path` when
+    given; more than data.max_rejected_share rejected stops with a DataError, as in training.
     """
     spec = spec or task_spec(cfg)
     split = split or cfg.eval.split
@@ -79,8 +87,11 @@ def load_eval_rows(
         raise ConfigError(f"eval.split={split} needs task.{SPLIT_FILES[split]}")
     report = RejectReport()
     rows = task_rows(spec, path, report, spec.train_range if split == "train" else spec.eval_range)
+    if rejected_path is not None:
+        report.write(rejected_path)
     if len(report):
         print(report.summary(total=len(rows) + len(report)))
+    report.check(cfg.data.max_rejected_share, len(rows) + len(report))
     return sample_rows(rows, limit or cfg.eval.limit, cfg.eval.seed), report
 
 
@@ -145,11 +156,18 @@ class Scored:
     max_new_tokens: int
 
 
-def _constraint(cfg: Config, spec: TaskConfig) -> dict[str, Any] | None:
-    wanted = cfg.eval.constrained if cfg.eval.constrained is not None else spec.name == "classify"
-    if not wanted:
+def _constraint(cfg: Config, spec: TaskConfig, rows: list[Any]) -> dict[str, Any] | list[Any] | None:
+    """The task's output constraint, or one per row where the task builds them (`row_constraint`, e.g. ner
+    inline: copy the row's text); on by default for classify and for per-row constraints."""
+    task = get_task(spec.name)
+    row_hook = getattr(task, "row_constraint", None)
+    per_row = [row_hook(row, spec) for row in rows] if row_hook is not None else []
+    default = spec.name == "classify" or any(per_row)
+    if not (cfg.eval.constrained if cfg.eval.constrained is not None else default):
         return None
-    constraint = get_task(spec.name).output_constraint(spec)
+    constraint = task.output_constraint(spec)
+    if any(per_row):
+        return [own or constraint for own in per_row]
     if constraint is None:
         raise ConfigError(f"eval.constrained=true, but task {spec.name!r} (with these settings) has no output "
                           "constraint: set eval.constrained=false")
@@ -158,8 +176,7 @@ def _constraint(cfg: Config, spec: TaskConfig) -> dict[str, Any] | None:
 
 def is_correct(task: str, prediction: Any, row: Any, spec: TaskConfig) -> bool | None:
     if task == "ner":
-        return prediction is not None and Counter((p["type"], p["text"]) for p in prediction) == Counter(
-            (e.type, e.text) for e in row.entities)
+        return get_task("ner").exact_match(prediction, row)
     if task == "classify":
         return prediction == row.label
     if task == "qa":
@@ -185,7 +202,7 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
         result = score_choices(model, tokenizer, prompts, list(spec.labels), cfg.eval.batch_size, progress)
         texts, seconds, tokens, truncated = [spec.labels[k] for k in result.choices], result.seconds, 0, 0
     else:
-        constraint = _constraint(cfg, spec)
+        constraint = _constraint(cfg, spec, rows)
         generated = generate_texts(model, tokenizer, prompts, budget, cfg.eval.batch_size, constraint, progress)
         texts, seconds = generated.texts, generated.seconds
         tokens, truncated = generated.generated_tokens, sum(generated.truncated)
@@ -220,8 +237,9 @@ def evaluate_task(
     confusion.png there.
     """
     spec = task_spec(cfg)
+    rejected = None
     if rows is None:
-        rows = load_eval_rows(cfg, spec)[0]
+        rows, rejected = load_eval_rows(cfg, spec, rejected_path=Path(out_dir) / "rejected.jsonl" if out_dir else None)
     if not rows:
         raise DataError(f"no valid rows to score in the {cfg.eval.split} split")
     scored = predict(cfg, spec, model, tokenizer, rows, progress)
@@ -239,6 +257,9 @@ def evaluate_task(
         "scoring": cfg.eval.scoring,
         "max_new_tokens": scored.max_new_tokens,
     }
+    if rejected is not None:  # rows of the split file that could not be scored (every one in rejected.jsonl)
+        metrics["rejected"] = len(rejected)
+        metrics["rejected_by_reason"] = rejected.counts()
     if out_dir is not None:
         out = Path(out_dir)
         write_outputs(out, scored.records, metrics)
@@ -260,8 +281,13 @@ def default_eval_dir(cfg: Config) -> Path:
 def run_eval(cfg: Config) -> dict[str, Any]:
     """`tasktune eval`: load the eval.checkpoint model, score it, write the files to `default_eval_dir`.
 
-    task.method=head goes to `evaluate.heads.run_head_eval`.
+    task.method=head goes to `evaluate.heads.run_head_eval`; a multi-task config (`tasks:`) to
+    `evaluate.multitask.run_multitask_eval` (one folder per task plus summary.json).
     """
+    if cfg.tasks:
+        from tasktune.evaluate.multitask import run_multitask_eval
+
+        return run_multitask_eval(cfg)
     if cfg.task.method == "head":
         from tasktune.evaluate.heads import run_head_eval
 
@@ -286,13 +312,18 @@ def metric_for_best(task: str, name: str | None) -> str:
     return name
 
 
-def make_training_evaluator(cfg: Config) -> Evaluator:
+def make_training_evaluator(cfg: Config, steps_dir: Path | None = None) -> Evaluator:
     """A scorer for the training loop: a fixed seeded sample of eval.during_training_limit rows of
     task.eval_file; returns the headline metrics, parse_failure_rate and "metric" (eval.metric_for_best).
 
-    Writes nothing but OUTPUT_DIR/eval_steps/step-N/predictions.jsonl (main process only).
-    task.method=head gets `evaluate.heads.make_head_evaluator`.
+    Writes nothing but STEPS_DIR/step-N/predictions.jsonl (default OUTPUT_DIR/eval_steps; main process only).
+    task.method=head gets `evaluate.heads.make_head_evaluator`; multi-task configs (`tasks:`)
+    `evaluate.multitask.make_multitask_evaluator`.
     """
+    if cfg.tasks:
+        from tasktune.evaluate.multitask import make_multitask_evaluator
+
+        return make_multitask_evaluator(cfg)
     if cfg.task.method == "head":
         from tasktune.evaluate.heads import make_head_evaluator
 
@@ -302,13 +333,16 @@ def make_training_evaluator(cfg: Config) -> Evaluator:
     rows, _ = load_eval_rows(cfg, spec, split="eval", limit=cfg.eval.during_training_limit)
     if not rows:
         raise DataError(f"no valid rows in task.eval_file={spec.eval_file} to score during training")
-    _constraint(cfg, spec)  # config errors now, not at the first eval step
-    steps_dir = Path(cfg.output.dir) / "eval_steps"
+    _constraint(cfg, spec, rows[:1])  # config errors now, not at the first eval step
+    steps_dir = Path(steps_dir or Path(cfg.output.dir) / "eval_steps")
 
     def evaluate(model, tokenizer, step: int) -> dict[str, float]:
         scored = predict(cfg, spec, model, tokenizer, rows, progress=True)
         if is_main_process():
             write_jsonl(scored.records, steps_dir / f"step-{step}" / "predictions.jsonl")
+            warning = degenerate_warning(spec.name, scored.scores)
+            if warning:
+                print(f"\n!!! step {step}: {warning} !!!", flush=True)
         result = {key: float(scored.scores[key]) for key in (*HEADLINE[spec.name], metric)}
         result["parse_failure_rate"] = float(scored.scores["parse_failure_rate"])
         result["examples_per_s"] = len(rows) / scored.seconds if scored.seconds else 0.0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from tasktune.config.errors import UserError
 from tasktune.config.schema import LoraConfig, TrainConfig
 
 LAYER_PATHS = (
@@ -48,20 +49,47 @@ def _freeze_all_but(model: nn.Module, count: int) -> None:
         layer.requires_grad_(True)
 
 
-def _peft_config(lora: LoraConfig, tied: bool):
+ADAPTER_METHODS = ("lora", "qlora")
+"""train.finetuning values that train (and save) an adapter."""
+CONVERTED_INIT = "_tasktune_initial_adapter"
+"""Attribute holding a PiSSA/OLoRA adapter's initial weights, for saving it converted to a plain LoRA."""
+
+
+def variant_options(lora: LoraConfig) -> dict:
+    """peft LoraConfig arguments of lora.variant (dora, rslora, pissa, olora; lora: none)."""
+    return {
+        "lora": {},
+        "dora": {"use_dora": True},
+        "rslora": {"use_rslora": True},
+        "pissa": {"init_lora_weights": "pissa"},
+        "olora": {"init_lora_weights": "olora"},
+    }[lora.variant]
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Names (last part) of the linear layers of the decoder blocks: what "all-linear" means in peft."""
+    layers = decoder_layers(model)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in layers.named_modules()
+                   if isinstance(module, nn.Linear) or type(module).__name__.startswith("Linear")} - {""})
+
+
+def _peft_config(lora: LoraConfig, tied: bool, task_type: str = "CAUSAL_LM", model: nn.Module | None = None):
     from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType
 
     targets = lora.target_modules
+    if targets == ["all-linear"] and lora.layers_to_transform is not None and model is not None:
+        targets = linear_names(model)  # peft takes layers_to_transform only with explicit names
     return PeftLoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=task_type,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
         modules_to_save=lora.modules_to_save,
+        layers_to_transform=lora.layers_to_transform,
         # a trained copy of a tied lm_head/embedding stays tied (peft >= 0.18)
         **({"ensure_weight_tying": True} if tied else {}),
+        **variant_options(lora),
     )
 
 
@@ -77,8 +105,10 @@ def _enable_checkpointing(model: nn.Module, method: str) -> None:
         model.enable_input_require_grads()
 
 
-def prepare_for_training(model: nn.Module, train: TrainConfig, lora: LoraConfig) -> nn.Module:
-    """Set what `train.finetuning` trains; returns the model to train (a PeftModel for lora).
+def prepare_for_training(model: nn.Module, train: TrainConfig, lora: LoraConfig,
+                         task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Set what `train.finetuning` trains; returns the model to train (a PeftModel for lora / qlora).
+    task_type: peft's task type of a new adapter (SEQ_CLS for a reward model: its head is trained in full).
 
     A PeftModel (loaded with `model.adapter`) keeps training its adapter with lora, and has it merged into
     the weights first with full or freeze.
@@ -87,7 +117,7 @@ def prepare_for_training(model: nn.Module, train: TrainConfig, lora: LoraConfig)
 
     train.check()
     method = train.finetuning
-    if isinstance(model, PeftModel) and method != "lora":
+    if isinstance(model, PeftModel) and method not in ADAPTER_METHODS:
         model = model.merge_and_unload()
     if train.gradient_checkpointing:
         _enable_checkpointing(model.get_base_model() if isinstance(model, PeftModel) else model, method)
@@ -100,8 +130,14 @@ def prepare_for_training(model: nn.Module, train: TrainConfig, lora: LoraConfig)
             param.requires_grad_("lora_" in name or "modules_to_save" in name)
     else:
         lora.check()
+        if method == "qlora" and lora.variant in ("pissa", "olora"):
+            raise ValueError(f"lora.variant={lora.variant} rewrites the base weights: it cannot be used with "
+                             "train.finetuning=qlora (a quantized base); use lora, dora or rslora")
         tied = bool(getattr(model.config, "tie_word_embeddings", False) and lora.modules_to_save)
-        model = get_peft_model(model, _peft_config(lora, tied))
+        model = get_peft_model(model, _peft_config(lora, tied, task_type, model))
+        if lora.variant in ("pissa", "olora"):
+            setattr(model, CONVERTED_INIT, {k: v.detach().clone() for k, v in model.state_dict().items()
+                                            if "lora_" in k})
     model.train()
     trainable, total = count_parameters(model)
     share = 100 * trainable / total
@@ -109,13 +145,71 @@ def prepare_for_training(model: nn.Module, train: TrainConfig, lora: LoraConfig)
     return model
 
 
-def save_trained(model: nn.Module, tokenizer, out_dir: str | Path, finetuning: str) -> Path:
-    """lora -> out_dir/adapter/ (adapter safetensors + config), else out_dir/model/; tokenizer in both.
+def _save_converted(model: nn.Module, target: Path, state_dict: dict | None) -> None:
+    """A PiSSA/OLoRA adapter saved as the plain LoRA (rank 2r) that turns the ORIGINAL base into the trained
+    model (peft's path_initial_model_for_weight_conversion), so peft alone loads it on the untouched base."""
+    import tempfile
 
-    Pass the unwrapped model (accelerate's `unwrap_model`). Returns the directory written.
+    initial = getattr(model, CONVERTED_INIT)
+    config = model.peft_config["default"]
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+        init_mode = config.init_lora_weights
+        try:  # write the initial adapter (as if freshly made) for peft to subtract
+            model.load_state_dict(initial, strict=False)
+            config.init_lora_weights = True
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            config.init_lora_weights = init_mode
+            model.load_state_dict(trained, strict=False)
+        model.save_pretrained(target, safe_serialization=True, path_initial_model_for_weight_conversion=tmp,
+                              **({"state_dict": state_dict} if state_dict is not None else {}))
+
+
+def save_trained(model: nn.Module, tokenizer, out_dir: str | Path, finetuning: str,
+                 state_dict: dict | None = None) -> Path:
+    """lora/qlora -> out_dir/adapter/ (adapter safetensors + config), else out_dir/model/; tokenizer in both.
+
+    Pass the unwrapped model (accelerate's `unwrap_model`) and, for FSDP / DeepSpeed ZeRO-3, the full
+    `state_dict` from `accelerator.get_state_dict` (the unwrapped model's own tensors are shards there).
+    Returns the directory written.
     """
-    target = Path(out_dir) / ("adapter" if finetuning == "lora" else "model")
+    target = Path(out_dir) / ("adapter" if finetuning in ADAPTER_METHODS else "model")
     target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target, safe_serialization=True)
+    if hasattr(model, CONVERTED_INIT):
+        _save_converted(model, target, state_dict)
+    else:
+        model.save_pretrained(target, safe_serialization=True,
+                              **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(target)
     return target
+
+
+class AdapterMismatchError(UserError, ValueError):
+    """An adapter that was trained on another base model than the one it is loaded on."""
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Names of one model: equal, or the same last path component (a hub id, a local copy, a registry name)."""
+    def norm(name: str) -> str:
+        return Path(str(name).rstrip("/\\")).name.lower()
+
+    return a == b or norm(a) == norm(b)
+
+
+def check_adapter_base(adapter_dir: str | Path, base_names: list[str]) -> None:
+    """Refuse an adapter whose `base_model_name_or_path` names none of `base_names` (the configured model name
+    and the directory it resolved to): an adapter on the wrong base gives wrong output without any error."""
+    import json
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    try:
+        trained_on = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as err:
+        raise AdapterMismatchError(f"{config_file}: unreadable adapter config ({err})") from None
+    if not trained_on or any(_same_model(str(trained_on), str(name)) for name in base_names if name):
+        return
+    raise AdapterMismatchError(
+        f"adapter {adapter_dir} was trained on {trained_on!r}, not on {base_names[0]!r}: set model.name_or_path to "
+        f"that base (if it is the same model under another name, fix base_model_name_or_path in {config_file.name})"
+    )

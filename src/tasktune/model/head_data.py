@@ -9,6 +9,7 @@ token positions (position 0 when the window does not hold it, as in the SQuAD re
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -267,6 +268,20 @@ def class_weight_table(spec: TaskConfig, units: list[dict[str, Any]]) -> list[fl
                 counts[label] += 1
     present, total = sum(c > 0 for c in counts), sum(counts)
     return [total / (present * c) if c else 1.0 for c in counts]
+
+
+def tag_log_prior(spec: TaskConfig, tokenizer) -> list[float]:
+    """ner: log of each head tag's share among the words of task.train_file (task.train_range), add-one
+    smoothed: the shift of the logit-adjusted loss (task.logit_adjustment)."""
+    names = head_labels(spec)
+    index = {name: i for i, name in enumerate(names)}
+    counts = [1] * len(names)
+    for row in task_rows(spec, spec.train_file, RejectReport(), spec.train_range):
+        offsets = tokenizer(row.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for tag in word_tags(word_spans(row.text, offsets), row.entities)[0]:
+            counts[index[tag]] += 1
+    total = sum(counts)
+    return [math.log(count / total) for count in counts]
 
 
 def attach_weights(units: list[dict[str, Any]], table: list[float]) -> None:

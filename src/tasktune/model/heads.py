@@ -22,8 +22,8 @@ from tasktune.config.schema import Config, ConfigError, LoraConfig, ModelConfig,
 from tasktune.config.task import TaskConfig
 from tasktune.model.adapters import count_parameters
 from tasktune.model.crf import CRF
-from tasktune.model.head_data import IGNORE, allowed_transitions, head_labels
-from tasktune.model.load import resolve_model_dir
+from tasktune.model.head_data import IGNORE, allowed_transitions, head_labels, tag_log_prior
+from tasktune.model.load import resolve_model_dir, weight_dtype
 
 HEAD_FILE = "head.json"
 CRF_FILE = "crf.safetensors"
@@ -85,6 +85,9 @@ class TaskHead(nn.Module):
         self.crf = crf
         self.new_modules = list(new_modules)
         """Modules of `net` the checkpoint did not have (the new head): trained in full under LoRA."""
+        self.register_buffer("tag_shift", None, persistent=False)
+        """ner training: added to the tag scores in the loss only (logit adjustment: task.logit_adjustment x
+        log tag prior), so the plain scores a prediction uses are not biased towards O."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None, labels=None,
                 weights=None, start_positions=None, end_positions=None) -> dict[str, torch.Tensor]:
@@ -104,6 +107,8 @@ class TaskHead(nn.Module):
         return result
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        if self.tag_shift is not None:
+            logits = logits.float() + self.tag_shift
         if self.crf is not None:
             keep = labels != IGNORE
             emissions, mask = _compact(logits, keep)
@@ -159,7 +164,7 @@ def _load_net(source: Path, info: HeadInfo, cfg: ModelConfig, pad_token_id: int 
         num_labels=len(info.outputs),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
-        dtype=getattr(torch, cfg.dtype),
+        dtype=weight_dtype(cfg),
         use_safetensors=True,
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation=cfg.attn_implementation,
@@ -198,7 +203,13 @@ def build_head(cfg: Config) -> TaskHead:
         print(f"warning: {fresh:,} parameters are new, not only a head: does {cfg.model.name_or_path} fit "
               f"{type(net).__name__}?", flush=True)
     crf = CRF(len(info.outputs), allowed_transitions(info.outputs)) if info.use_crf else None
-    return prepare_head(TaskHead(net, info, crf, new), cfg.train, cfg.lora)
+    head = TaskHead(net, info, crf, new)
+    if info.task == "ner" and cfg.task.logit_adjustment > 0:
+        prior = torch.tensor(tag_log_prior(cfg.task, load_tokenizer(cfg.model)))
+        head.tag_shift = cfg.task.logit_adjustment * prior
+        print("ner tag prior (logit adjustment): " + ", ".join(
+            f"{name} {p:.1%}" for name, p in zip(info.outputs, prior.exp().tolist(), strict=True)), flush=True)
+    return prepare_head(head, cfg.train, cfg.lora)
 
 
 def prepare_head(model: TaskHead, train: TrainConfig, lora: LoraConfig) -> TaskHead:

@@ -5,13 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tasktune.config.errors import UserError
 from tasktune.config.schema import ModelConfig
+from tasktune.model.adapters import AdapterMismatchError, check_adapter_base
 from tasktune.model.convert import ensure_converted, package_dir
 from tasktune.registry.lookup import did_you_mean, load_registry, pick
 
 
 class ModelNotFoundError(FileNotFoundError):
     """Neither a registry name nor an existing local model directory."""
+
+
+class ModelError(UserError, ValueError):
+    """A model directory tasktune refuses or cannot use (no tokenizer, pickled weights, remote code)."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _remote_code_error(source: Path, err: Exception) -> ModelError:
+    return ModelError(f"{source} ships its own Python code (auto_map in its config) and model.trust_remote_code "
+                      "is off: tasktune does not run it; set model.trust_remote_code=true only for a source you "
+                      f"trust ({str(err).splitlines()[0][:200]})")
+
+
+def check_model_dir(path: Path) -> None:
+    """Refuse a directory with only pickled PyTorch weights (a .bin file can run code when loaded)."""
+    if not path.is_dir() or any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickled:
+        raise ModelError(f"{path} has only pickled weights ({', '.join(pickled[:3])}), which can run code when "
+                         "loaded: tasktune loads safetensors only. Convert them once where you trust the file "
+                         "(transformers: model.save_pretrained(dir, safe_serialization=True))")
 
 
 def model_registry() -> dict[str, Any]:
@@ -68,9 +94,19 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     source = resolve_model_dir(cfg.name_or_path)
     if cfg.adapter and (Path(cfg.adapter) / "tokenizer_config.json").is_file():
         source = Path(cfg.adapter)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, trust_remote_code=cfg.trust_remote_code, local_files_only=True
-    )
+    if source.is_dir() and not any((source / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{source}: no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); copy the tokenizer files of "
+                         "the model it was made from into this folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=cfg.trust_remote_code, local_files_only=True
+        )
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise _remote_code_error(source, err) from err
+        raise ModelError(f"{source}: the tokenizer cannot be loaded ({str(err).splitlines()[0][:300]})") from err
+    except OSError as err:
+        raise ModelError(f"{source}: the tokenizer cannot be loaded ({str(err).splitlines()[0][:300]})") from err
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{source}: the tokenizer has neither a pad nor an eos token")
@@ -81,30 +117,52 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     return tokenizer
 
 
+def weight_dtype(cfg: ModelConfig):
+    """The torch dtype `cfg.dtype` names; `auto` is float32 (the safe choice when the caller does not know)."""
+    import torch
+
+    return torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+
+
 def load_model(cfg: ModelConfig, torch_dtype: Any = None):
     """The causal LM of `cfg` (with `cfg.adapter` loaded on top as a PeftModel), in eval mode.
 
-    torch_dtype: a torch dtype overriding `cfg.dtype`.
+    torch_dtype: a torch dtype overriding `cfg.dtype` (whose `auto` means float32 here: callers that know
+    better, training an adapter or generating, pass their dtype).
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     cfg.check()
     if model_kind(cfg.name_or_path) != "causal-lm":
         raise ValueError(f"model {cfg.name_or_path!r} is an encoder, not a causal LM: it cannot generate")
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_dir(cfg.name_or_path),
-        dtype=torch_dtype or getattr(torch, cfg.dtype),
-        use_safetensors=True,
-        trust_remote_code=cfg.trust_remote_code,
-        attn_implementation=cfg.attn_implementation,
-        local_files_only=True,
-    )
+    model_dir = resolve_model_dir(cfg.name_or_path)
+    check_model_dir(model_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=torch_dtype or weight_dtype(cfg),
+            use_safetensors=True,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation,
+            local_files_only=True,
+        )
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise _remote_code_error(model_dir, err) from err
+        raise
     if cfg.adapter:
         from peft import PeftModel
 
         adapter = Path(cfg.adapter)
         if not (adapter / "adapter_config.json").is_file():
             raise FileNotFoundError(f"model.adapter={cfg.adapter!r}: no adapter_config.json in that folder")
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        check_adapter_base(adapter, [cfg.name_or_path, str(model_dir)])
+        try:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+            raise AdapterMismatchError(f"adapter {adapter} does not fit {cfg.name_or_path}: it was trained on a "
+                                       f"base with other shapes ({first[:240]})") from err
     return model.eval()

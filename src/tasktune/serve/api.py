@@ -70,10 +70,13 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
         loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
         if problem.get("type") == "json_invalid":
             return f"the request body is not valid JSON: {problem.get('ctx', {}).get('error', '')}".strip(), None
+        msg = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc and problem.get("type") == "value_error":  # a check of the whole body
+            parts.append(msg)
+            continue
         if not loc:
             return "the request body must be a JSON object (Content-Type: application/json)", None
         param = param or (".".join(loc) or None)
-        msg = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{'.'.join(loc) or 'body'}: {msg}")
     return "; ".join(parts) or "invalid request", param
 
@@ -93,18 +96,41 @@ class _AsyncEvents:
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse bodies whose Content-Length exceeds `limit` bytes with 413."""
+    """ASGI middleware: a body over `limit` bytes is answered 413, by its Content-Length when it has one and
+    while it streams in otherwise (chunked): at most `limit` bytes are ever held. The body read is then
+    handed to the app as one message."""
 
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > self.limit:
-                response = error_response(413, f"the request body is over {self.limit} bytes", "body_too_large")
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(413, f"the request body is over {self.limit} bytes", "body_too_large")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await too_large(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending the whole body
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _sse(payload: Any) -> str:
@@ -125,9 +151,24 @@ def _params(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
 
 async def _submit(engine: Engine, model: str, prompt_ids: list[int], params: SamplingParams, events: _AsyncEvents,
                   stream: bool) -> Job:
-    """engine.submit; in a thread when a response_format constraint is built (its first build takes seconds)."""
+    """engine.submit; in a thread when a response_format constraint is built (its first build takes seconds).
+    A constraint that cannot be built from the request's schema is the request's fault: a 400."""
     submit = functools.partial(engine.submit, model, prompt_ids, params, events.put, stream=stream)
-    return await asyncio.to_thread(submit) if params.response_format else submit()
+    if not params.response_format:
+        return submit()
+    try:
+        return await asyncio.to_thread(submit)
+    except EngineError:
+        raise
+    except (ValueError, TypeError, KeyError, LookupError, RecursionError, NotImplementedError) as err:
+        log.info("response_format refused: %r", err)
+        raise ApiError(400, f"response_format cannot be used: {err}", "invalid_response_format",
+                       "response_format") from err
+
+
+async def _tokenize(function: Any, *args: Any) -> list[int]:
+    """Tokenise off the event loop: a long prompt must not stall /health and the other requests."""
+    return await asyncio.to_thread(function, *args)
 
 
 async def _final(engine: Engine, job: Job, events: _AsyncEvents, request: Request) -> Result | None:
@@ -238,7 +279,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", dependencies=v1)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model = engine.resolve(body.model)
-        prompt_ids = engine.render_chat([m.as_template_message() for m in body.messages], model)
+        prompt_ids = await _tokenize(engine.render_chat, [m.as_template_message() for m in body.messages], model)
         events = _AsyncEvents()
         job = await _submit(engine, model, prompt_ids, _params(body), events, body.stream)
         rid = new_id("chatcmpl")
@@ -262,7 +303,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/completions", dependencies=v1)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         model = engine.resolve(body.model)
-        prompt_ids = engine.encode(body.prompt, model)
+        prompt_ids = await _tokenize(engine.encode, body.prompt, model)
         events = _AsyncEvents()
         job = await _submit(engine, model, prompt_ids, _params(body), events, body.stream)
         rid = new_id("cmpl")

@@ -1,13 +1,14 @@
-"""One generation engine for `tasktune chat` and `tasktune api`: a base model plus named LoRA adapters.
+"""The serving front of the generation core for `tasktune chat` and `tasktune api`: a base model plus
+named LoRA adapters behind a bounded queue.
 
-All adapters live in one peft model; a worker thread drains a bounded queue, takes the oldest job and the
-waiting jobs that share its model and sampling settings, and runs them as one left-padded `generate`
-(rows.py follows each row: end of turn, stop strings, token limit, cancellation, streamed text).
+All adapters live in one peft model. A worker thread feeds the jobs into model/decode.py's `Decoder`
+(continuous batching: a job joins the running batch at the next step and leaves it when it ends, whatever
+its adapter, sampling settings, seed or constraint) and rows.py follows each job: stop strings,
+cancellation, incremental detokenisation of the streamed text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from tasktune.config.schema import ConfigError, ModelConfig
+from tasktune.model.decode import BASE_ADAPTER, Decoder, Request
 from tasktune.model.generate import stop_token_ids
 from tasktune.model.load import load_model, load_tokenizer
-from tasktune.serve.rows import Event, Result, Row, RowStopper
+from tasktune.runtime import configure_threads, inference_dtype
+from tasktune.serve.rows import Event, Result, Row
 
 if TYPE_CHECKING:
     from tasktune.evaluate.constrain import SuffixConstraint
@@ -89,13 +91,6 @@ class Job:
                 self.on_end(self)
             self.emit(outcome)
 
-    def batch_key(self) -> tuple | None:
-        """Jobs with equal keys may share a `generate` call; None runs alone (seeded or constrained)."""
-        p = self.params
-        if p.seed is not None or self.constraint is not None:
-            return None
-        return (self.model, p.temperature > 0, p.temperature if p.temperature > 0 else 0.0, p.top_p)
-
 
 def parse_adapter_specs(specs: list[str] | None) -> dict[str, str]:
     """["NAME=DIR" or "DIR", ...] -> {name: dir}. A bare DIR is named after its folder (its parent's when the
@@ -118,8 +113,9 @@ class Engine:
     """A base model and named adapters behind one queue: `chat` / `stream_chat` here, `submit` for the API.
 
     model: registry name or model directory; adapters: {name: adapter dir}, all kept loaded.
-    max_queue: waiting jobs beyond which `submit` raises QueueFullError; max_batch: rows per `generate`.
-    threads: torch CPU threads of the generating thread (None: torch's default).
+    dtype: weight dtype, `auto` = bf16 where the hardware runs it. The model goes to the GPU when there is one.
+    max_queue: waiting jobs beyond which `submit` raises QueueFullError; max_batch: rows generated at once.
+    threads: torch CPU threads of the generating thread (None: runtime.configure_threads' choice).
     """
 
     def __init__(
@@ -127,7 +123,7 @@ class Engine:
         model: str,
         adapters: Mapping[str, str] | None = None,
         *,
-        dtype: str = "float32",
+        dtype: str = "auto",
         template: str | None = None,
         max_queue: int = 64,
         max_batch: int = 8,
@@ -144,7 +140,9 @@ class Engine:
         self.max_queue, self.max_batch, self.default_max_tokens = max_queue, max_batch, default_max_tokens
         self.threads = threads
         base_cfg = ModelConfig(name_or_path=model, dtype=dtype, template=template)
-        self.model = load_model(base_cfg)
+        self.model = load_model(base_cfg, inference_dtype(dtype))
+        if torch.cuda.is_available():
+            self.model.to("cuda")
         self.tokenizers = {model: load_tokenizer(base_cfg, padding_side="left")}
         self._peft_names: dict[str, str] = {}
         for index, (name, path) in enumerate(adapters.items()):
@@ -160,6 +158,9 @@ class Engine:
         self._closed = False
         self.stats = {"requests": 0, "completed": 0, "cancelled": 0, "failed": 0, "batches": 0,
                       "largest_batch": 0, "completion_tokens": 0}
+        """batches: admissions of waiting jobs into the running batch; largest_batch: most rows at once."""
+        self._decoder = Decoder(self.model, sorted(self.stop_ids), self.pad_id, max_batch=max_batch)
+        self._rows: dict[Request, Row] = {}
         self._worker = threading.Thread(target=self._work, name="tasktune-engine", daemon=True)
         self._worker.start()
 
@@ -317,39 +318,63 @@ class Engine:
 
     # ---- worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:
-        if self.threads:  # per thread with OpenMP: set it where generation runs
-            torch.set_num_threads(self.threads)
+        configure_threads(self.threads)  # per thread with OpenMP: set it where generation runs
         while True:
+            decoder = self._decoder
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not decoder.busy and not self._closed:
                     self._cond.wait()
                 if self._closed:
+                    for request in list(self._rows):
+                        decoder.cancel(request)
+                    self._finish(list(self._rows))
                     return
-                batch = self._take_batch()
-                self._running = batch
+                room = self.max_batch - decoder.active - len(decoder.waiting)
+                admitted, self._pending = self._pending[:max(0, room)], self._pending[max(0, room):]
+                self._running.extend(admitted)
+            for job in admitted:
+                self._admit(job)
+            for request, row in self._rows.items():
+                if row.job.cancel.is_set():
+                    decoder.cancel(request)
             try:
-                self._generate(batch)
-            except Exception as err:  # a failed batch fails its jobs, not the server
-                for job in batch:
-                    job.end(err)
-            finally:
-                with self._cond:
-                    self._running = []
+                waiting = len(decoder.waiting)
+                finished = decoder.step()
+                self.stats["batches"] += int(waiting > len(decoder.waiting))
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], decoder.active + len(finished))
+            except Exception as err:  # a failed step fails its jobs, not the server
+                self._fail_all(err)
+                continue
+            self._finish(finished)
 
-    def _take_batch(self) -> list[Job]:
-        """The oldest job plus waiting jobs with the same batch key, up to max_batch (call under the lock)."""
-        first = self._pending.pop(0)
-        key = first.batch_key()
-        if key is None:
-            return [first]
-        batch = [first]
-        for job in list(self._pending):
-            if len(batch) >= self.max_batch:
-                break
-            if job.batch_key() == key:
-                self._pending.remove(job)
-                batch.append(job)
-        return batch
+    def _admit(self, job: Job) -> None:
+        p = job.params
+        row = Row(job, self._decode)
+        adapter = None
+        if self._peft_names:
+            adapter = BASE_ADAPTER if job.model == self.base_model else self._peft_names[job.model]
+        request = Request(job.prompt_ids, p.max_new_tokens or self.default_max_tokens, p.temperature, p.top_p,
+                          p.seed, job.constraint, adapter, on_token=lambda _r, token: row.feed(token))
+        self._rows[request] = row
+        self._decoder.add(request)
+
+    def _finish(self, requests: list[Request]) -> None:
+        for request in requests:
+            row = self._rows.pop(request, None)
+            if row is None:
+                continue
+            row.finish(request.finish_reason or "cancelled")
+            with self._cond:
+                if row.job in self._running:
+                    self._running.remove(row.job)
+
+    def _fail_all(self, err: Exception) -> None:
+        self._decoder = Decoder(self.model, sorted(self.stop_ids), self.pad_id, max_batch=self.max_batch)
+        rows, self._rows = self._rows, {}
+        with self._cond:
+            self._running = []
+        for row in rows.values():
+            row.job.end(err)
 
     def _count(self, job: Job) -> None:
         """Add a finished job to the stats."""
@@ -357,50 +382,6 @@ class Engine:
             reason = job.result.finish_reason
             self.stats[{"cancelled": "cancelled", "error": "failed"}.get(reason, "completed")] += 1
             self.stats["completion_tokens"] += job.result.completion_tokens
-
-    def _generate(self, batch: list[Job]) -> None:
-        rows = [Row(job, self.stop_ids, self._decode) for job in batch]
-        width = max(len(job.prompt_ids) for job in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, job in enumerate(batch):
-            input_ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
-            attention_mask[i, width - len(job.prompt_ids):] = 1
-        first = batch[0].params
-        sampling = ({"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": None}
-                    if first.temperature > 0 else
-                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
-        self.stats["batches"] += 1
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-        device = next(self.model.parameters()).device
-        constraint = batch[0].constraint  # constrained jobs run alone
-        with self._use(batch[0].model), torch.inference_mode():
-            if first.seed is not None:
-                torch.manual_seed(first.seed)
-            self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max(row.limit for row in rows),
-                eos_token_id=sorted(self.stop_ids),
-                pad_token_id=self.pad_id,
-                stopping_criteria=StoppingCriteriaList([RowStopper(rows)]),
-                logits_processor=LogitsProcessorList([constraint.start(width)] if constraint else []),
-                **sampling,
-            )
-        for row in rows:
-            row.finish("length")  # rows still open ran into the shared max_new_tokens
-
-    @contextlib.contextmanager
-    def _use(self, name: str) -> Iterator[None]:
-        """Route generation through adapter `name`, or around all adapters for the base model."""
-        if not self._peft_names:
-            yield
-        elif name == self.base_model:
-            with self.model.disable_adapter():
-                yield
-        else:
-            self.model.set_adapter(self._peft_names[name])
-            yield
 
     def _constraint(self, model: str, response_format: dict | None) -> SuffixConstraint | None:
         """The logits processor that keeps the output to `response_format` (evaluate/constrain.py), or None."""

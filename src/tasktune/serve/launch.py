@@ -32,8 +32,8 @@ def add_api_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="requests generated together in one batch (default: 8)")
     parser.add_argument("--default-max-tokens", type=int, default=512,
                         help="answer length when a chat request gives no max_tokens (default: 512)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="weight dtype (default: float32)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weight dtype (default: auto = bfloat16 where the hardware runs it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); on a busy shared CPU, 1 can be "
                              "many times faster than more")

@@ -9,6 +9,66 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_STRINGS = 4
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""Seeds are 64-bit signed integers (what torch.manual_seed and OpenAI accept)."""
+MAX_TOKENS_FIELD = 1 << 20
+MAX_SCHEMA_DEPTH = 32
+
+
+def _check_text(value: Any, where: str = "body", depth: int = 0) -> None:
+    """Refuse strings that are not valid Unicode text (a lone UTF-16 surrogate such as "\\ud800"): no
+    tokenizer can encode them. Walks lists and objects."""
+    if depth > 64:
+        raise ValueError(f"{where}: nested too deeply")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{where}: contains a lone UTF-16 surrogate ({value[err.start]!r} at character "
+                             f"{err.start}); send valid Unicode text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where, depth + 1)
+            _check_text(item, f"{where}.{key}" if isinstance(key, str) else where, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}[{i}]", depth + 1)
+
+
+def _pointer(root: Any, ref: str) -> bool:
+    """Whether the local JSON pointer `ref` ("#", "#/$defs/x") names a value inside `root`."""
+    if ref == "#":
+        return True
+    if not ref.startswith("#/"):
+        return False
+    node = root
+    for raw in ref[2:].split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return isinstance(node, (dict, bool))
+
+
+def check_schema(schema: Any, root: Any = None, depth: int = 0) -> None:
+    """Refuse what the constraint builder cannot use: a `$ref` that does not resolve inside the schema
+    (remote references are never fetched), or nesting deeper than MAX_SCHEMA_DEPTH."""
+    root = schema if root is None else root
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"the JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if ref is not None and (not isinstance(ref, str) or not _pointer(root, ref)):
+            raise ValueError(f"$ref {ref!r} does not resolve inside the schema (only local references such as "
+                             "'#/$defs/name' are supported)")
+        for value in schema.values():
+            check_schema(value, root, depth + 1)
+    elif isinstance(schema, list):
+        for value in schema:
+            check_schema(value, root, depth + 1)
 
 
 def new_id(prefix: str) -> str:
@@ -50,6 +110,12 @@ class JsonSchemaSpec(_Request):
     schema_: dict[str, Any] = Field(alias="schema")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _resolvable(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        check_schema(schema)
+        return schema
+
 
 class ResponseFormat(_Request):
     """OpenAI's text | json_object | json_schema, plus `choice` (tasktune): one of `choices`, verbatim."""
@@ -79,10 +145,16 @@ class _Sampling(_Request):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
 
     @field_validator("n")
     @classmethod
@@ -117,8 +189,8 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_FIELD)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_FIELD)
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
 
@@ -135,7 +207,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_FIELD)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None

@@ -1,5 +1,4 @@
-"""One job's progress inside a batched `generate`: end of turn, stop strings, its own token limit,
-cancellation, and the text deltas it streams."""
+"""One job's progress inside the decoder: stop strings, cancellation, and the text deltas it streams."""
 
 from __future__ import annotations
 
@@ -7,8 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-from transformers import StoppingCriteria
+from tasktune.model.decode import TextStream
 
 if TYPE_CHECKING:
     from tasktune.serve.engine import Job
@@ -29,41 +27,47 @@ Event = str | Result | BaseException
 
 
 class Row:
-    """One job's progress inside a batch: its ids, its decoded text, what was already streamed."""
+    """One job's progress inside the decoder: its ids, its decoded text, what was already streamed.
 
-    def __init__(self, job: Job, stop_ids: set[int], decode: Callable[[list[int]], str]):
-        self.job, self.stop_ids, self.decode = job, stop_ids, decode
+    The streamed text grows incrementally (model/decode.py's TextStream); the final text is decoded whole.
+    """
+
+    def __init__(self, job: Job, decode: Callable[[list[int]], str]):
+        self.job, self.decode = job, decode
         self.ids: list[int] = []
         self.sent = 0
         self.done = False
-        self.limit = job.params.max_new_tokens or 0
         self.text = ""
+        self.cut = False
+        self._stream = TextStream(decode)
 
-    def feed(self, token: int) -> None:
+    def feed(self, token: int) -> str | None:
+        """Take the next token; returns a finish reason when the job must end now (cancel, stop string)."""
         if self.job.cancel.is_set():
-            return self.finish("cancelled")
-        if token in self.stop_ids:
-            return self.finish("stop")
+            return "cancelled"
         self.ids.append(token)
-        if self.job.params.stop or self.job.stream:
-            self.text = self.decode(self.ids)
-            cut = _first_stop(self.text, self.job.params.stop)
+        stops = self.job.params.stop
+        if not (stops or self.job.stream):
+            return None
+        before = len(self.text)
+        self.text += self._stream.push(self.ids)
+        if stops:
+            cut = _first_stop(self.text, stops, max(0, before - max(len(s) for s in stops)))
             if cut is not None:
-                self.text = self.text[:cut]
-                return self.finish("stop")
-        if len(self.ids) >= self.limit:
-            return self.finish("length")
+                self.text, self.cut = self.text[:cut], True
+                return "stop"
         if self.job.stream:
-            visible = len(self.text) - _held_back(self.text, self.job.params.stop)
+            visible = len(self.text) - _held_back(self.text, stops)
             if visible > self.sent:
                 self.job.emit(self.text[self.sent:visible])
                 self.sent = visible
+        return None
 
     def finish(self, reason: str) -> None:
         if self.done:
             return
         self.done = True
-        if not (self.job.params.stop or self.job.stream):
+        if not self.cut:
             self.text = self.decode(self.ids)
         if self.job.stream and len(self.text) > self.sent and reason != "cancelled":
             self.job.emit(self.text[self.sent:])
@@ -71,8 +75,8 @@ class Row:
         self.job.end(Result(self.text, len(self.job.prompt_ids), len(self.ids), reason))
 
 
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+def _first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
     return min(found) if found else None
 
 
@@ -87,16 +91,3 @@ def _held_back(text: str, stops: list[str]) -> int:
                 hold = size
                 break
     return hold
-
-
-class RowStopper(StoppingCriteria):
-    """Feeds each new token to its row; a row is done at end of turn, stop string, its limit or cancel."""
-
-    def __init__(self, rows: list[Row]):
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            if not row.done:
-                row.feed(token)
-        return torch.tensor([row.done for row in self.rows], device=input_ids.device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 
 from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, Message, RowError
+from tasktune.data.text import csv_rows, read_text, split_lines
 
 
 class TaskRow(Protocol):
@@ -56,29 +56,27 @@ def conversation(
 def iter_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | RowError]]:
     """(`file:line`, record) for each row of a .jsonl, .json (list of objects) or .csv/.tsv file.
 
-    Blank lines are skipped; a line that is not a JSON object becomes RowError("invalid_json").
+    Read by data/text.py (UTF-8, BOM stripped, lines split on "\\n" only). Blank lines are skipped; a line
+    that is not a JSON object becomes RowError("invalid_json"), a broken CSV record RowError("invalid_csv").
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    text = read_text(path)
     if suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            start = 2
-            for record in reader:
-                yield f"{path}:{start}", dict(record)
-                start = reader.line_num + 1
+        for start, _, record in csv_rows(text, delimiter="\t" if suffix == ".tsv" else ","):
+            source = f"{path}:{start}"
+            yield source, row_error("invalid_csv", source, record) if isinstance(record, str) else record
         return
-    text = path.read_text(encoding="utf-8")
     if suffix == ".json" and text.lstrip().startswith("["):
         yield from _json_array_records(path, text)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         source = f"{path}:{number}"
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             yield source, row_error("invalid_json", source, str(e))
             continue
         if not isinstance(record, dict):

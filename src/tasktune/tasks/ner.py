@@ -1,13 +1,12 @@
-"""Named-entity recognition as generation: the model lists the entities (type and text) it finds.
+"""Named-entity recognition as generation: the model writes the entities it finds (task.ner_output_format:
+json, inline or tagged-words, see `tasks.ner_formats`); answers are placed back on the input's characters.
 
-Scores are entity-level: strict = same type and same text (multisets per sentence, which equals seqeval's
-span match whenever a predicted text identifies its span), partial = same type and overlapping text.
+Scores are entity-level on character spans (`tasks.ner_score`): strict = same (type, start, end), as
+seqeval; partial = same type, overlapping spans; text_f1 = the (type, text) multiset match.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -18,8 +17,9 @@ from tasktune.config.schema import ConfigError
 from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, RowError
 from tasktune.tasks import bio
+from tasktune.tasks import ner_formats as formats
 from tasktune.tasks.base import conversation, has_cjk, is_cjk_language, iter_records, row_error, row_id
-from tasktune.tasks.metrics import macro, prf, ratio
+from tasktune.tasks.ner_score import score_spans, spans_of
 
 name = "ner"
 
@@ -44,8 +44,8 @@ class NerRow:
     tags: list[str] | None = field(default=None, repr=False)
 
 
-Prediction = list[dict[str, str]]
-"""[{"type": ..., "text": ...}, ...]"""
+Prediction = list[dict[str, Any]]
+"""[{"type": ..., "text": ..., "start": int | None, "end": int | None}, ...]"""
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -193,6 +193,15 @@ def _types(spec: TaskConfig) -> list[str]:
     return spec.labels
 
 
+ANSWER_FORMATS = {
+    "json": 'List the entities in the text as a JSON list of {"type", "text"} in order of appearance, or [].',
+    "inline": "Copy the text unchanged, writing each entity as [entity text|TYPE].",
+    "tagged-words": "Copy the text word by word, each word followed by its tag in parentheses: B-TYPE for the "
+    "first word of an entity, I-TYPE for its next words, O for words outside entities.",
+}
+"""The answer part of the default instruction, per task.ner_output_format."""
+
+
 def instruction(spec: TaskConfig) -> str:
     """The task instruction: the entity types (with descriptions) and the answer format."""
     if spec.instruction:
@@ -200,27 +209,25 @@ def instruction(spec: TaskConfig) -> str:
     described = [
         f"{t} ({spec.label_descriptions[t]})" if t in spec.label_descriptions else t for t in _types(spec)
     ]
-    head = f"Entity types: {', '.join(described)}. List the entities in the text"
-    if spec.ner_output_format == "inline":
-        return f"{head} as `type: text; type: text` in order of appearance, or none."
-    return f'{head} as a JSON list of {{"type", "text"}} in order of appearance, or [].'
+    return f"Entity types: {', '.join(described)}. {ANSWER_FORMATS[spec.ner_output_format]}"
 
 
-def target(entities: list[Entity], spec: TaskConfig) -> str:
-    ordered = sorted(entities, key=lambda e: (e.start, e.end))
-    if spec.ner_output_format == "inline":
-        return "; ".join(f"{e.type}: {e.text}" for e in ordered) or "none"
-    return json.dumps([{"type": e.type, "text": e.text} for e in ordered], ensure_ascii=False)
+def target(text: str, entities: list[Entity], spec: TaskConfig) -> str:
+    """The answer for a text and its entities in task.ner_output_format."""
+    return formats.render(text, entities, spec.ner_output_format)
 
 
 def to_messages(row: NerRow, spec: TaskConfig) -> Conversation:
-    reference = [{"type": e.type, "text": e.text} for e in row.entities]
+    """User: instruction + text; assistant: the answer (sentences without entities are kept: `[]`, or
+    the text copied unchanged)."""
+    reference = [{"type": e.type, "text": e.text, "start": e.start, "end": e.end} for e in row.entities]
     return conversation(
-        instruction(spec), row.text, target(row.entities, spec), row, {"reference": reference}
+        instruction(spec), row.text, target(row.text, row.entities, spec), row, {"reference": reference}
     )
 
 
 def output_constraint(spec: TaskConfig) -> dict[str, Any] | None:
+    """json: the entity-list JSON schema (types from task.labels); inline: per row (`row_constraint`)."""
     if spec.ner_output_format != "json":
         return None
     kind: dict[str, Any] = (
@@ -235,148 +242,40 @@ def output_constraint(spec: TaskConfig) -> dict[str, Any] | None:
     return {"type": "json_schema", "schema": {"type": "array", "items": item}}
 
 
-# ---- parsing -------------------------------------------------------------------------------------------
+def row_constraint(row: NerRow, spec: TaskConfig) -> dict[str, Any] | None:
+    """inline: decoding that can only copy the row's text, open a bracket, or close one with `|TYPE]`."""
+    if spec.ner_output_format != "inline":
+        return None
+    return {"type": "copy_inline", "text": row.text, "labels": list(_types(spec))}
 
-_FENCE = re.compile(r"```[A-Za-z]*")
+
+# ---- parsing and scoring -------------------------------------------------------------------------------
 
 
 def parse(output: str, row: NerRow | None, spec: TaskConfig) -> Prediction | None:
-    """The entity list in a model output, or None when there is none to be read."""
-    if spec.ner_output_format == "inline":
-        return _parse_inline(output, spec)
-    return _parse_json(output)
+    """The entities of a model output ({type, text, start, end}; start/end None for an entity that is not
+    in the row's text), or None when the output cannot be read. Without a row, no spans."""
+    return formats.parse(output, row.text if row is not None else None, spec.ner_output_format, spec.labels)
 
 
-def _parse_json(output: str) -> Prediction | None:
-    """The first JSON list in the output (code fences and text around it ignored), if every item is
-    an object with string `type` and non-empty string `text`."""
-    text = _FENCE.sub("", output)
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\[", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(value, list):
-            continue
-        entities = []
-        for item in value:
-            if not (
-                isinstance(item, dict)
-                and isinstance(item.get("type"), str)
-                and isinstance(item.get("text"), str)
-            ):
-                return None
-            if not item["text"].strip() or not item["type"].strip():
-                return None
-            entities.append({"type": item["type"].strip(), "text": item["text"].strip()})
-        return entities
-    return None
-
-
-def _parse_inline(output: str, spec: TaskConfig) -> Prediction | None:
-    """`type: text; type: text` (also one per line); `none` is the empty list; types must be known labels."""
-    text = _FENCE.sub("", output).strip()
-    if text.lower().rstrip(".") in ("none", "[]"):
-        return []
-    labels = {label.lower(): label for label in spec.labels or []}
-    entities = []
-    for part in re.split(r"[;\n]", text):
-        if not part.strip():
-            continue
-        kind, sep, value = part.partition(":")
-        kind = kind.strip().strip("`*-").strip()
-        if not sep or not value.strip() or (labels and kind.lower() not in labels):
-            return None
-        entities.append({"type": labels.get(kind.lower(), kind), "text": value.strip().strip("`")})
-    return entities or None
-
-
-# ---- scoring -------------------------------------------------------------------------------------------
-
-
-def _occurrences(needle: str, haystack: str) -> list[tuple[int, int]]:
-    found, start = [], haystack.find(needle)
-    while start != -1 and needle:
-        found.append((start, start + len(needle)))
-        start = haystack.find(needle, start + 1)
-    return found
-
-
-def _partial_matches(predicted: Prediction, row: NerRow) -> Counter[str]:
-    """True positives per type: exact (type, text) pairs first, then type + overlap of a located text."""
-    unmatched = list(row.entities)
-    leftover = []
-    for p in predicted:
-        exact = next((g for g in unmatched if g.type == p["type"] and g.text == p["text"]), None)
-        if exact is not None:
-            unmatched.remove(exact)
-        else:
-            leftover.append(p)
-    tp = Counter(p["type"] for p in predicted) - Counter(p["type"] for p in leftover)
-    for p in leftover:
-        spans = _occurrences(p["text"], row.text)
-        hit = next(
-            (
-                g
-                for g in unmatched
-                if g.type == p["type"] and any(s < g.end and g.start < e for s, e in spans)
-            ),
-            None,
-        )
-        if hit is not None:
-            unmatched.remove(hit)
-            tp[p["type"]] += 1
-    return tp
-
-
-def _summary(tp: Counter[str], predicted: Counter[str], gold: Counter[str]) -> dict[str, Any]:
-    kinds = sorted(set(predicted) | set(gold))
-    per_type = {k: prf(tp[k], predicted[k], gold[k]) for k in kinds}
-    return {
-        "micro": prf(sum(tp.values()), sum(predicted.values()), sum(gold.values())),
-        "macro": macro(per_type),
-        "per_type": per_type,
-    }
+def exact_match(prediction: Prediction | None, row: NerRow) -> bool:
+    """Whether the predicted spans are exactly the reference's (type, start, end) multiset."""
+    if prediction is None:
+        return False
+    spans, unplaced = spans_of(prediction, row.text)
+    return not unplaced and Counter(spans) == Counter((e.type, e.start, e.end) for e in row.entities)
 
 
 def score(predictions: list[Prediction | None], rows: list[NerRow], spec: TaskConfig) -> dict[str, Any]:
-    """Strict and partial entity P/R/F1 (micro, macro, per type), parse failures and hallucinated entities.
+    """Span-exact entity P/R/F1 (micro, macro, per type; equal to seqeval's), partial (overlap) and
+    text-level (`text_f1`) scores, parse failures, hallucinated and unplaced entities.
 
-    An unparsed output (None) counts as predicting no entities.
-    """
+    An unparsed output (None) counts as predicting no entities."""
     if len(predictions) != len(rows):
         raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
-    gold: Counter[str] = Counter()
-    predicted: Counter[str] = Counter()
-    strict_tp: Counter[str] = Counter()
-    partial_tp: Counter[str] = Counter()
-    hallucinated = 0
-    for prediction, row in zip(predictions, rows, strict=True):
-        entities = prediction or []
-        gold.update(e.type for e in row.entities)
-        predicted.update(p["type"] for p in entities)
-        common = Counter((e.type, e.text) for e in row.entities) & Counter(
-            (p["type"], p["text"]) for p in entities
-        )
-        for (kind, _), count in common.items():
-            strict_tp[kind] += count
-        partial_tp.update(_partial_matches(entities, row))
-        hallucinated += sum(p["text"] not in row.text for p in entities)
-    failures = sum(p is None for p in predictions)
-    strict = _summary(strict_tp, predicted, gold)
-    partial = _summary(partial_tp, predicted, gold)
-    return {
-        "n": len(rows),
-        "precision": strict["micro"]["precision"],
-        "recall": strict["micro"]["recall"],
-        "f1": strict["micro"]["f1"],
-        "macro_f1": strict["macro"]["f1"],
-        "partial_f1": partial["micro"]["f1"],
-        "parse_failure_rate": ratio(failures, len(rows)),
-        "parse_failures": failures,
-        "hallucinated": hallucinated,
-        "hallucinated_rate": ratio(hallucinated, sum(predicted.values())),
-        "strict": strict,
-        "partial": partial,
-    }
+    return score_spans(
+        predictions,
+        [row.text for row in rows],
+        [[(e.type, e.start, e.end) for e in row.entities] for row in rows],
+        [[(e.type, e.text) for e in row.entities] for row in rows],
+    )

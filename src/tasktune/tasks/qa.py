@@ -18,6 +18,7 @@ from typing import Any
 
 from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, RowError
+from tasktune.data.text import read_text
 from tasktune.tasks.base import conversation, has_cjk, is_cjk_language, iter_records, row_error, row_id
 from tasktune.tasks.metrics import ratio
 
@@ -46,7 +47,7 @@ def read(path: str | Path, spec: TaskConfig) -> Iterator[QaRow | RowError]:
     """Rows of a SQuAD-layout JSONL file (one question per line) or a nested SQuAD v1 / CMRC JSON file."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         if text.lstrip().startswith("{"):
             yield from _read_nested(path, text)
             return
@@ -58,16 +59,27 @@ def read(path: str | Path, spec: TaskConfig) -> Iterator[QaRow | RowError]:
 
 def _read_nested(path: Path, text: str) -> Iterator[QaRow | RowError]:
     """{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}; each
-    question's line is where its id first appears after the previous question."""
+    question's line is where its id first appears after the previous question. A malformed article,
+    paragraph or question is one rejected row (`malformed_entry`), never passed over silently."""
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as e:
-        yield row_error("invalid_json", f"{path}:{e.lineno}", str(e))
+    except (json.JSONDecodeError, RecursionError) as e:
+        line = getattr(e, "lineno", 1)
+        yield row_error("invalid_json", f"{path}:{line}", str(e))
         return
     position, line = 0, 1
-    for article in _objects(document, "data"):
-        for paragraph in _objects(article, "paragraphs"):
-            for qa in _objects(paragraph, "qas"):
+    for a, article in _entries(document, "data", f"{path}:{line}"):
+        if isinstance(article, RowError):
+            yield article
+            continue
+        for p, paragraph in _entries(article, "paragraphs", f"{path}:{line} (data[{a}])"):
+            if isinstance(paragraph, RowError):
+                yield paragraph
+                continue
+            for _, qa in _entries(paragraph, "qas", f"{path}:{line} (data[{a}].paragraphs[{p}])"):
+                if isinstance(qa, RowError):
+                    yield qa
+                    continue
                 found = text.find(json.dumps(qa.get("id"), ensure_ascii=False), position)
                 if found != -1:
                     line += text.count("\n", position, found)
@@ -76,10 +88,19 @@ def _read_nested(path: Path, text: str) -> Iterator[QaRow | RowError]:
                 yield _from_record(record, f"{path}:{line}", article.get("title", ""))
 
 
-def _objects(parent: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    """The objects listed under `key` (anything else in a malformed file is passed over)."""
-    items = parent.get(key)
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+def _entries(parent: Any, key: str, where: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    """(index, object) for each item listed under `key`; a missing list or an item that is not an object
+    comes as a `malformed_entry` RowError instead."""
+    items = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(items, list):
+        found = "nothing" if items is None else type(items).__name__
+        yield -1, row_error("malformed_entry", where, f"expected a list under {key!r}, found {found}")
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield i, item
+        else:
+            yield i, row_error("malformed_entry", where, f"{key}[{i}] is {type(item).__name__}, expected an object")
 
 
 def _answer_list(record: dict[str, Any]) -> list[tuple[str, int | None]] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +37,40 @@ class RunLogger:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a train_log.jsonl; a torn line (a run killed mid-write) is skipped with a warning."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, torn = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn += 1
+    if torn:
+        print(f"warning: {path}: skipped {torn} unreadable line(s) (a run stopped mid-write?)", file=sys.stderr)
+    return records
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep only the records up to `step` (a resumed run logs the later steps again) and drop torn lines."""
+    if not path.is_file():
+        return
+    kept = [r for r in read_log(path) if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def plot_loss(records: list[dict[str, Any]], path: Path) -> Path | None:
     """Training (and eval) loss against the optimizer step, as a PNG."""
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    train = [(r["step"], r["loss"]) for r in records if _numbers(r, "loss")]
+    evals = [(r["step"], r["eval_loss"]) for r in records if _numbers(r, "eval_loss")]
     if not train and not evals:
         return None
     import matplotlib
@@ -64,3 +91,7 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _numbers(record: dict[str, Any], key: str) -> bool:
+    return all(isinstance(record.get(k), (int, float)) for k in ("step", key))

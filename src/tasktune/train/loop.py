@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -22,8 +24,15 @@ from tasktune.config.load import save_config
 from tasktune.config.schema import Config, ConfigError
 from tasktune.data.pipeline import PreparedData
 from tasktune.model.load import load_tokenizer
-from tasktune.train.checkpoint import TrainerState, resolve_resume, save_checkpoint, trainable_only_hook
-from tasktune.train.logs import RunLogger, plot_loss, read_log
+from tasktune.runtime import configure_threads, resolve_precision
+from tasktune.train.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    resolve_resume,
+    run_fingerprint,
+    save_checkpoint,
+)
+from tasktune.train.logs import RunLogger, plot_loss, read_log, trim_log
 from tasktune.train.optim import build_optimizer, build_scheduler
 from tasktune.train.order import BatchPlan
 from tasktune.train.route import Route, resolve_task, route_for
@@ -47,15 +56,42 @@ class TrainResult:
     best_metric: float | None = None
     main_process: bool = True
     metrics: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
+    """Stopped by SIGTERM/SIGINT: a checkpoint was saved, no final adapter/model (resume to finish)."""
 
 
-def resolve_precision(setting: str) -> str:
-    """`auto`: bf16 where the device runs it (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp16/none."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+class StopSignals:
+    """SIGTERM / SIGINT while training ask for a graceful stop: a checkpoint is saved at the end of the current
+    step and `train` returns (continue with train.resume_from_checkpoint=latest); a second signal interrupts at
+    once. Installed only from the main thread, where Python delivers signals."""
+
+    def __init__(self) -> None:
+        self.flag = self.stopped = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.flag:
+            self.restore()
+            raise KeyboardInterrupt
+        self.flag = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+              "(send it again to stop at once)", flush=True)
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process was asked to stop (reduced, so that all processes checkpoint together)."""
+        flag = torch.tensor(float(self.flag))
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag.to(accelerator.device), "sum").cpu()
+        self.stopped = bool(flag > 0)
+        return self.stopped
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def new_accelerator(mixed_precision: str) -> Accelerator:
@@ -111,15 +147,18 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | None = None) -> TrainResult:
+def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | None = None,
+          route: Route | None = None) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` (or the task's data); write adapter/model, logs, plot and
     checkpoints to `cfg.output.dir`. `evaluator` scores the model at every train.eval_steps."""
-    for section in (cfg.model, cfg.data, cfg.lora, cfg.train):
+    for section in (cfg.model, cfg.data, cfg.lora, cfg.train, cfg.output):
         section.check()
+    configure_threads()
     resolve_task(cfg)
-    route = route_for(cfg)
+    route = route or route_for(cfg)  # a caller's route: e.g. logit distillation (train.route.logit_distill_route)
     tc = cfg.train
-    if evaluator is None and tc.eval_steps and cfg.task.name and cfg.task.eval_file:
+    if evaluator is None and tc.eval_steps and ((cfg.task.name and cfg.task.eval_file)
+                                                or any(spec.eval_file for spec in cfg.tasks)):
         from tasktune.evaluate.runner import make_training_evaluator
 
         evaluator = make_training_evaluator(cfg)
@@ -127,7 +166,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     main = accelerator.is_main_process
     set_seed(tc.seed)
     ckpt_root = Path(cfg.output.dir) / "checkpoints"
-    resume = resolve_resume(tc.resume_from_checkpoint, ckpt_root)
+    resume = resolve_resume(tc.resume_from_checkpoint, ckpt_root, announce=main)
     out = Path(cfg.output.dir)
     if main:
         prepare_output_dir(cfg, resuming=resume is not None or tc.resume_from_checkpoint == "latest")
@@ -141,7 +180,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         raise ConfigError("no training examples left after validation: see rejected.jsonl")
 
     model = route.build_model(cfg)
-    optimizer = build_optimizer(model, tc)
+    optimizer = build_optimizer(model, tc, cfg.lora.plus_ratio)
     plan = BatchPlan([len(u["input_ids"]) for u in data.train], tc.batch_size, tc.grad_accum,
                      accelerator.num_processes, tc.seed)
     total_steps = plan.total_steps(tc.num_epochs, tc.max_steps)
@@ -150,12 +189,11 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     scheduler = build_scheduler(optimizer, tc, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state)
-    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        accelerator.register_save_state_pre_hook(trainable_only_hook)
+    fingerprint = run_fingerprint(cfg, accelerator.unwrap_model(model), plan)
     if resume is not None:
-        accelerator.load_state(str(resume), strict=False)
+        load_checkpoint(accelerator, resume, state, model, optimizer, scheduler, fingerprint)
         if main:
+            trim_log(out / "train_log.jsonl", state.global_step)  # the steps after it are replayed now
             print(f"resumed from {resume} at step {state.global_step}")
 
     logger = RunLogger(out, tc.report_to, enabled=main)
@@ -173,6 +211,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         eval_before = _eval_loss(route, model, data.val, pad_id, tc.batch_size, accelerator)
         logger.log({"step": 0, "eval_loss": round(eval_before, 5)})
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not main, desc="train", unit="step")
+    stop = StopSignals()
     model.train()
     while state.global_step < total_steps:
         epoch, step_in_epoch = divmod(state.global_step, plan.steps_per_epoch)
@@ -223,14 +262,30 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
                       "tokens_seen": tokens_seen, "elapsed_s": round(time.perf_counter() - started, 2)}
             if grad_norm is not None:
                 record["grad_norm"] = round(float(grad_norm), 4)
+            if route.step_metrics is not None:  # e.g. rewards/* of the preference stages, over all processes
+                record.update(route.step_metrics(lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu()))
             logger.log(record)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:.0f}")
             window_tokens, window_start = 0, time.perf_counter()
         if tc.eval_steps and (step % tc.eval_steps == 0 or step == total_steps):
             eval_loss = _evaluate(cfg, route, model, tokenizer, data, accelerator, evaluator, state, logger, out)
         if tc.save_steps and step % tc.save_steps == 0 and step < total_steps:
-            save_checkpoint(accelerator, ckpt_root, state, tc.save_total_limit)
+            save_checkpoint(accelerator, ckpt_root, state, tc.save_total_limit, model, optimizer, scheduler,
+                            fingerprint, {"epoch": epoch, "step_in_epoch": step_in_epoch + 1})
+        if step < total_steps and stop.requested(accelerator):
+            saved = save_checkpoint(accelerator, ckpt_root, state, tc.save_total_limit, model, optimizer, scheduler,
+                                    fingerprint, {"epoch": epoch, "step_in_epoch": step_in_epoch + 1})
+            logger.log({"step": step, "stopped": True, "checkpoint": str(saved)})
+            break
     bar.close()
+    stop.restore()
+    if stop.stopped:
+        if main:
+            print(f"stopped at step {state.global_step}: checkpoint {saved}; continue with "
+                  "train.resume_from_checkpoint=latest")
+        logger.close()
+        return TrainResult(out, state.global_step, first_loss, last_loss, eval_loss, eval_before, tok_s,
+                           time.perf_counter() - started, state.best_step, state.best_metric, main, stopped=True)
     if not tc.eval_steps and data.val:
         eval_loss = _eval_loss(route, model, data.val, pad_id, tc.batch_size, accelerator)
         logger.log({"step": state.global_step, "eval_loss": round(eval_loss, 5)})

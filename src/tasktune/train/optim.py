@@ -9,17 +9,26 @@ import torch
 from tasktune.config.schema import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay skips biases and norm weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, plus_ratio: float = 0.0) -> torch.optim.AdamW:
+    """AdamW; weight decay skips biases and norm weights (1-D tensors).
+
+    plus_ratio > 0 is LoRA+ (Hayou et al. 2024): the LoRA B matrices learn at plus_ratio x the learning rate.
+    """
+    decay, no_decay, lora_b = [], [], []
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    if not decay and not no_decay:
+            if plus_ratio > 0 and "lora_B" in name:
+                lora_b.append(param)
+            else:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+    if not decay and not no_decay and not lora_b:
         raise ValueError("no trainable parameters: check train.finetuning and lora.target_modules")
+    if plus_ratio > 0 and not lora_b:
+        raise ValueError("lora.plus_ratio is set but the model has no LoRA B matrices (train.finetuning=lora?)")
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        {"params": lora_b, "weight_decay": cfg.weight_decay, "lr": cfg.learning_rate * plus_ratio},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
 

@@ -10,6 +10,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from tasktune.train.fused_ce import final_hidden_states, final_norm_and_head, linear_cross_entropy_sum
+
 IGNORE = -100
 
 
@@ -63,20 +65,25 @@ def _accepts_logits_to_keep(forward_owner: type) -> bool:
     return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
 
 
-def _base_class(model: torch.nn.Module) -> type:
-    """The Hugging Face model class under DDP and peft wrappers."""
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model under DDP and peft wrappers."""
     while hasattr(model, "module"):
         model = model.module
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    return type(model)
+    return model
+
+
+def _base_class(model: torch.nn.Module) -> type:
+    return type(_base_model(model))
 
 
 def summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of the token cross-entropies over all target positions of the batch.
 
-    Logits are computed only where a target exists (`logits_to_keep` as a boolean mask): with a
-    49k vocabulary and loss on assistant tokens only, most of the output projection is skipped.
+    Only target positions reach the output projection (with a 49k vocabulary and loss on assistant tokens
+    only, most of it is skipped), and for the usual decoder families the projection and the loss are fused
+    (train/fused_ce.py): no [targets, vocabulary] logits are kept for backward.
     """
     targets = shifted_targets(batch["labels"])
     keep = targets != IGNORE
@@ -85,9 +92,14 @@ def summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
         inputs["position_ids"] = batch["position_ids"]
     if batch.get("attention_mask") is not None:
         inputs["attention_mask"] = batch["attention_mask"]
-    if _accepts_logits_to_keep(_base_class(model)):
-        logits = model(**inputs, logits_to_keep=keep).logits
-        logits = logits.reshape(-1, logits.shape[-1])
-    else:
-        logits = model(**inputs).logits[keep]
+    base_class = _base_class(model)
+    if not _accepts_logits_to_keep(base_class):
+        return F.cross_entropy(model(**inputs).logits[keep].float(), targets[keep], reduction="sum")
+    fused = final_norm_and_head(_base_model(model))
+    if fused is not None:
+        norm, head = fused
+        hidden = final_hidden_states(model, norm, inputs, keep)
+        return linear_cross_entropy_sum(hidden, head.weight, targets[keep])
+    logits = model(**inputs, logits_to_keep=keep).logits
+    logits = logits.reshape(-1, logits.shape[-1])
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")

@@ -1,0 +1,379 @@
+"""The generation core behind evaluation, CLI chat and the API: continuous batching over one causal LM.
+
+A `Decoder` holds the running rows' KV cache as one batch. Each `step()` first admits waiting requests (up to
+`max_batch` rows): their prompts are encoded together on top of a shared prefix whose cache was computed
+once (the system prompt and task instruction that every example of a task starts with), and their first
+token is chosen; then every running row gets one more token from a single forward pass. A row leaves as
+soon as it ends (end-of-turn token, its own token limit, a callback saying stop, or a constraint that allows
+nothing but the end), and a waiting request takes its place at the next step; nobody waits for the longest
+row of a batch.
+
+Rows are kept in one cache tensor per layer, [rows, kv_heads, columns, head_dim]. Positions are baked into
+the keys by RoPE, so columns need not line up across rows: a row's prompt may be padded anywhere before
+its own tokens, and joining a batch pads whichever side is shorter on the left. A 2-D attention mask marks
+each row's real columns; position ids count each row's real tokens.
+
+Rows may use different LoRA adapters of one peft model in the same forward pass (peft's `adapter_names`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+BASE_ADAPTER = "__base__"
+"""`Request.adapter` value for the base model under a peft model (peft's own name for it)."""
+
+
+class RowConstraint(Protocol):
+    """Decoding constraint of one row (evaluate/constrain.py): the allowed next tokens as a boolean mask."""
+
+    def row_mask(self, generated: tuple[int, ...], vocab: int, device: torch.device) -> torch.Tensor: ...
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation and its progress. `on_token(request, token)` returns a finish reason to stop now."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    constraint: RowConstraint | None = None
+    adapter: str | None = None
+    """peft adapter name for this row; None: the model as it is set; BASE_ADAPTER: the base model."""
+    on_token: Callable[[Request, int], str | None] | None = None
+    generated: list[int] = field(default_factory=list)
+    """New tokens, without the stop token."""
+    finish_reason: str | None = None
+    """stop (end-of-turn token or complete constrained output) | length | what on_token returned."""
+    stop_token_seen: bool = False
+    _generator: torch.Generator | None = None
+    _next_mask: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class _Batch:
+    """The running rows and their cache (a transformers DynamicCache whose layers hold [rows, kv_heads,
+    columns, head_dim] keys and values; kept between steps, so a step appends one column and copies nothing
+    else)."""
+
+    rows: list[Request]
+    cache: Any
+    mask: torch.Tensor  # [rows, columns], 1 where a column holds a real token
+    positions: torch.Tensor  # [rows], the position id of each row's next token
+    last: torch.Tensor  # [rows], each row's last chosen token (the next step's input)
+
+
+class Decoder:
+    """Continuous batching over `model`; feed it with `add`, drive it with `step` (or `run`)."""
+
+    def __init__(self, model: torch.nn.Module, stop_ids: Sequence[int], pad_id: int, max_batch: int = 16,
+                 prefix_ids: Sequence[int] = ()):
+        self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.max_batch = max(1, max_batch)
+        self.device = next(model.parameters()).device
+        self.waiting: list[Request] = []
+        self.batch: _Batch | None = None
+        self.prefix_ids = list(prefix_ids)
+        self._prefix_cache: dict[str | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._peft = hasattr(model, "peft_config")
+        self.forward_passes = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.batch.rows) if self.batch else 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    def add(self, request: Request) -> None:
+        if not request.prompt_ids:
+            raise ValueError("empty prompt")
+        if request.seed is not None:
+            request._generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        self.waiting.append(request)
+
+    def run(self, requests: Sequence[Request], progress: Callable[[Request], None] | None = None) -> None:
+        """Generate every request to its end; `progress` is called as each one finishes."""
+        for request in requests:
+            self.add(request)
+        while self.busy:
+            for request in self.step():
+                if progress:
+                    progress(request)
+
+    @torch.inference_mode()
+    def step(self) -> list[Request]:
+        """Admit waiting requests, then one token for every running row; returns the rows that finished."""
+        finished: list[Request] = []
+        if self.batch is not None:
+            self._decode_one()
+            finished += self._drop_finished()
+        room = self.max_batch - self.active
+        if self.waiting and room > 0:
+            admitted, self.waiting = self.waiting[:room], self.waiting[room:]
+            self._admit(admitted)
+            finished += self._drop_finished()
+        return finished
+
+    def cancel(self, request: Request, reason: str = "cancelled") -> None:
+        """End `request` now (waiting or running); it leaves the batch at the next step."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        if not request.done:
+            request.finish_reason = reason
+
+    # ---- forward passes -------------------------------------------------------------------------------
+    def _forward(self, input_ids, mask, positions, cache, adapters) -> torch.Tensor:
+        """Last-position logits [rows, vocab] for `input_ids` after the cache's columns; the cache grows."""
+        extra: dict[str, Any] = {}
+        if adapters is not None:
+            extra["adapter_names"] = adapters
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1, **extra)
+        self.forward_passes += 1
+        return out.logits[:, -1, :]
+
+    def _adapter_names(self, rows: Sequence[Request]) -> list[str] | None:
+        if not self._peft or all(r.adapter is None for r in rows):
+            return None
+        active = getattr(self.model, "active_adapter", None)
+        return [r.adapter or active or BASE_ADAPTER for r in rows]
+
+    def _prefix(self, adapter: str | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The shared prefix's keys and values per layer (batch of one), computed once per adapter."""
+        if adapter not in self._prefix_cache:
+            ids = torch.tensor([self.prefix_ids], device=self.device)
+            mask = torch.ones_like(ids)
+            positions = torch.arange(len(self.prefix_ids), device=self.device)[None]
+            adapters = None if adapter is None or not self._peft else [adapter]
+            cache = make_cache([], [])
+            self._forward(ids, mask, positions, cache, adapters)
+            self._prefix_cache[adapter] = cache_tensors(cache)
+        return self._prefix_cache[adapter]
+
+    def _admit(self, requests: list[Request]) -> None:
+        """Encode the new prompts (after the shared prefix) in one pass, choose their first tokens, join."""
+        groups: dict[str | None, list[Request]] = {}
+        for r in requests:
+            groups.setdefault(r.adapter, []).append(r)
+        for adapter, rows in groups.items():
+            self._join(self._prefill(rows, adapter))
+
+    def _prefill(self, rows: list[Request], adapter: str | None) -> _Batch:
+        p = len(self.prefix_ids)
+        use_prefix = p > 0 and all(r.prompt_ids[:p] == self.prefix_ids and len(r.prompt_ids) > p for r in rows)
+        start = p if use_prefix else 0
+        suffixes = [r.prompt_ids[start:] for r in rows]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), start + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        mask[:, :start] = 1
+        for i, s in enumerate(suffixes):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, start + width - len(s):] = 1
+            positions[i, width - len(s):] = torch.arange(start, start + len(s))
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        if use_prefix:
+            pk, pv = self._prefix(adapter)
+            keys = [k.expand(len(rows), -1, -1, -1) for k in pk]
+            values = [v.expand(len(rows), -1, -1, -1) for v in pv]
+        adapters = None if adapter is None or not self._peft else [adapter] * len(rows)
+        mask = mask.to(self.device)
+        cache = make_cache(keys, values)
+        logits = self._forward(ids.to(self.device), mask, positions.to(self.device), cache, adapters)
+        next_positions = torch.tensor([len(r.prompt_ids) for r in rows], device=self.device)
+        batch = _Batch(list(rows), cache, mask, next_positions, torch.zeros(len(rows), dtype=torch.long))
+        for r in rows:
+            if r.constraint is not None:
+                r._next_mask = r.constraint.row_mask((), self._vocab_size(), torch.device("cpu"))
+        batch.last = self._choose(logits, rows).to(self.device)
+        return batch
+
+    def _decode_one(self) -> None:
+        b = self.batch
+        mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=self.device)], dim=1)
+        logits = self._forward(b.last[:, None], mask, b.positions[:, None], b.cache, self._adapter_names(b.rows))
+        b.mask = mask
+        b.positions = b.positions + 1
+        b.last = self._choose(logits, b.rows).to(self.device)
+
+    # ---- choosing tokens ------------------------------------------------------------------------------
+    def _choose(self, logits: torch.Tensor, rows: Sequence[Request]) -> torch.Tensor:
+        """The next token of each row (greedy, or sampled with the row's temperature/top_p), fed to the row."""
+        logits = logits.float()
+        if any(r._next_mask is not None for r in rows):
+            allowed = torch.ones_like(logits, dtype=torch.bool)
+            for i, r in enumerate(rows):
+                if r._next_mask is not None:
+                    allowed[i] = r._next_mask
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        tokens = logits.argmax(dim=-1)
+        for i, r in enumerate(rows):
+            if r.temperature > 0 and not r.done:
+                tokens[i] = _sample(logits[i], r.temperature, r.top_p, r._generator)
+        for r, token in zip(rows, tokens.tolist(), strict=True):
+            self._feed(r, token)
+        return tokens
+
+    def _feed(self, r: Request, token: int) -> None:
+        if r.done:
+            return
+        if token in self.stop_ids:
+            r.stop_token_seen = True
+            r.finish_reason = "stop"
+            return
+        r.generated.append(token)
+        if r.on_token is not None:
+            reason = r.on_token(r, token)
+            if reason:
+                r.finish_reason = reason
+                return
+        if len(r.generated) >= r.max_new_tokens:
+            r.finish_reason = "length"
+            return
+        if r.constraint is not None:
+            r._next_mask = r.constraint.row_mask(tuple(r.generated), self._vocab_size(), torch.device("cpu"))
+            if _only_stops(r._next_mask, self.stop_ids):  # the output is complete: end it without another step
+                r.stop_token_seen = True
+                r.finish_reason = "stop"
+
+    def _vocab_size(self) -> int:
+        head = self.model.get_output_embeddings()
+        return head.weight.shape[0]
+
+    # ---- batch bookkeeping ----------------------------------------------------------------------------
+    def _join(self, new: _Batch) -> None:
+        if self.batch is None:
+            self.batch = new
+            return
+        old = self.batch
+        width = max(old.mask.shape[1], new.mask.shape[1])
+        (old_k, old_v), (new_k, new_v) = cache_tensors(old.cache), cache_tensors(new.cache)
+        def joined(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.cat([_left_pad(x, width), _left_pad(y, width)]) for x, y in zip(a, b, strict=True)]
+
+        self.batch = _Batch(
+            old.rows + new.rows,
+            make_cache(joined(old_k, new_k), joined(old_v, new_v)),
+            torch.cat([_left_pad_mask(old.mask, width), _left_pad_mask(new.mask, width)]),
+            torch.cat([old.positions, new.positions]),
+            torch.cat([old.last, new.last]),
+        )
+
+    def _drop_finished(self) -> list[Request]:
+        b = self.batch
+        if b is None:
+            return []
+        done = [r for r in b.rows if r.done]
+        if not done:
+            return []
+        keep = [i for i, r in enumerate(b.rows) if not r.done]
+        if not keep:
+            self.batch = None
+            return done
+        index = torch.tensor(keep, device=self.device)
+        mask = b.mask.index_select(0, index)
+        first = int(mask.any(dim=0).nonzero()[0])  # columns that no remaining row uses are dropped
+        keys, values = cache_tensors(b.cache)
+        self.batch = _Batch(
+            [b.rows[i] for i in keep],
+            make_cache([k.index_select(0, index)[:, :, first:] for k in keys],
+                       [v.index_select(0, index)[:, :, first:] for v in values]),
+            mask[:, first:], b.positions.index_select(0, index), b.last.index_select(0, index),
+        )
+        return done
+
+
+def make_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]):
+    """A transformers DynamicCache holding these per-layer tensors as they are (no copy); empty: filled by
+    the first forward pass. Every layer is a full-attention layer: columns are not token distances here."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache()
+    for k, v in zip(keys, values, strict=True):
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        cache.layers.append(layer)
+    return cache
+
+
+def cache_tensors(cache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+
+
+def _only_stops(mask: torch.Tensor, stop_ids: set[int]) -> bool:
+    """Whether a row's allowed-token mask leaves nothing but end-of-turn tokens (or nothing at all)."""
+    if int(mask.sum()) > len(stop_ids):
+        return False
+    return set(mask.nonzero().flatten().tolist()) <= stop_ids
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    extra = width - t.shape[-2]
+    if extra == 0:
+        return t
+    return torch.cat([t.new_zeros((*t.shape[:-2], extra, t.shape[-1])), t], dim=-2)
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    extra = width - mask.shape[1]
+    return mask if extra == 0 else torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], dim=1)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        cut = sorted_probs.cumsum(0) - sorted_probs > top_p
+        sorted_probs[cut] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+class TextStream:
+    """Incremental detokenisation: `push(ids)` returns the text the new tokens add. Only the tokens since the
+    last complete character are decoded again (a few per call, not the whole reply), as in vLLM's and TGI's
+    detokenisers; an unfinished multi-byte character is held back until it completes."""
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self.decode = decode
+        self.text = ""
+        self._prefix_offset = 0
+        self._read_offset = 0
+
+    def push(self, ids: Sequence[int]) -> str:
+        settled = self.decode(list(ids[self._prefix_offset:self._read_offset]))
+        current = self.decode(list(ids[self._prefix_offset:]))
+        if len(current) <= len(settled) or current.endswith("\ufffd"):
+            return ""
+        piece = current[len(settled):]
+        self.text += piece
+        self._prefix_offset, self._read_offset = self._read_offset, len(ids)
+        return piece
+
+
+def common_prefix(prompts: Sequence[Sequence[int]], keep_last: int = 1) -> list[int]:
+    """The longest token prefix all prompts share, leaving at least `keep_last` tokens of each."""
+    if not prompts:
+        return []
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - keep_last
+    length = 0
+    while length < n and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return list(first[:length])

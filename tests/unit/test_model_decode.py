@@ -1,0 +1,66 @@
+"""The shared decoding core gives exactly what transformers' own greedy `generate` gives, row by row,
+whatever the batch size, prefix sharing or the order rows join and leave."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasktune.model.decode import Decoder, Request, common_prefix
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+
+def _reference(model, prompt: list[int], max_new: int, stop: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         max_new_tokens=max_new, do_sample=False, eos_token_id=stop, pad_token_id=stop)
+    new = out[0, len(prompt):].tolist()
+    return new[: new.index(stop)] if stop in new else new
+
+
+def _prompts() -> list[list[int]]:
+    torch.manual_seed(3)
+    shared = torch.randint(10, 900, (7,)).tolist()
+    return [shared + torch.randint(10, 900, (n,)).tolist() for n in (1, 5, 2, 9, 3, 4, 12)]
+
+
+@pytest.mark.parametrize("max_batch,use_prefix", [(1, False), (3, True), (3, False), (16, True)])
+def test_decoder_equals_generate(tiny, max_batch, use_prefix):
+    prompts = _prompts()
+    limits = [4, 9, 6, 12, 3, 8, 5]  # rows leave at different steps, so waiting rows join mid-flight
+    stop = 5
+    expected = [_reference(tiny, p, n, stop) for p, n in zip(prompts, limits, strict=True)]
+    prefix = common_prefix(prompts) if use_prefix else []
+    if use_prefix:
+        assert len(prefix) == 7
+    decoder = Decoder(tiny, [stop], pad_id=0, max_batch=max_batch, prefix_ids=prefix)
+    requests = [Request(p, n) for p, n in zip(prompts, limits, strict=True)]
+    finished = []
+    decoder.run(requests, progress=finished.append)
+    assert sorted(map(id, finished)) == sorted(map(id, requests))
+    assert [r.generated for r in requests] == expected
+    for r, n in zip(requests, limits, strict=True):
+        assert r.finish_reason == ("length" if len(r.generated) == n else "stop")
+    if max_batch == 16:  # all rows in one batch: one prefill, then one pass per token of the longest row
+        assert decoder.forward_passes <= 1 + max(limits) + 1
+
+
+def test_common_prefix_leaves_a_token_of_each_prompt():
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 9]]) == [1, 2]
+    assert common_prefix([[7], [1, 2]]) == []
+
+
+def test_callback_and_cancel_end_a_row(tiny):
+    prompts = _prompts()
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=4)
+    stopper = Request(prompts[0], 50, on_token=lambda r, t: "stop_string" if len(r.generated) == 2 else None)
+    other = Request(prompts[1], 3)
+    decoder.run([stopper, other])
+    assert stopper.finish_reason == "stop_string" and len(stopper.generated) == 2
+    assert other.done

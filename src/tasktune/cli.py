@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tasktune: config error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (UserError, UnknownEntryError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as exc:
+    except (UserError, UnknownEntryError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError) as exc:
         if debug:
             raise
         print(f"tasktune: error: {_one_line(exc)}", file=sys.stderr)

@@ -22,15 +22,27 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = ["output.dir=out/demo", "output.overwrite=true", *(argv if argv is not None else sys.argv[1:])]
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def phase(name: str, since: float) -> float:
+        now = time.perf_counter()
+        phases[name] = now - since
+        return now
+
+    clock = started
     before = run_eval(load_config(CONFIG, [*overrides, "eval.checkpoint=base", "eval.output_dir=out/demo-base"]))
+    clock = phase("score the untuned model", clock)
     result = train(load_config(CONFIG, overrides))
+    clock = phase("fine-tune", clock)
     after_cfg = load_config(CONFIG, overrides)
     after = run_eval(after_cfg)
+    clock = phase("score the tuned model", clock)
 
     spec = task_spec(after_cfg)
     prompt = get_task("ner").to_messages(NerRow(id="demo", source="demo", text=SENTENCE, entities=[]), spec)
     model, tokenizer, _ = resolve_eval_model(after_cfg)
     answer = chat_once(model, tokenizer, prompt.as_dicts()[:-1], max_new_tokens=96)
+    phase("one chat answer", clock)
 
     print("\n=== tasktune demo: LoRA on SmolLM2-135M-Instruct, named-entity extraction ===")
     print(f"entity F1 (dev, {after['n']} sentences)  {before['f1']:.3f} before -> {after['f1']:.3f} after "
@@ -41,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train loss                    {result.first_loss:.4f} (first step) -> {result.last_loss:.4f} (last)")
     print(f"training                      {result.global_step} steps, {result.tokens_per_s or 0:.0f} tokens/s; "
           f"{time.perf_counter() - started:.0f} s for the whole demo")
+    print("time per phase                " + "; ".join(f"{name} {sec:.0f} s" for name, sec in phases.items()))
     print(f"outputs                       {result.output_dir}/ (adapter/, loss.png, train_log.jsonl, eval/)")
     print(f"\n{SENTENCE}\n-> {answer.strip()}")
     print(f"\nchat with it: .venv/bin/tasktune chat --adapter {result.output_dir / 'adapter'}")

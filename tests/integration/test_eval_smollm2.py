@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
@@ -27,9 +26,7 @@ def test_cli_eval_on_sst2_dev_with_constrained_labels(smollm2_dir, tmp_path, cap
     }
     path = tmp_path / "sst2.yaml"
     path.write_text(yaml.safe_dump(config))
-    started = time.perf_counter()
-    assert main(["eval", str(path), "--limit", "20"]) == 0
-    assert time.perf_counter() - started < 60
+    assert main(["eval", str(path), "--limit", "20"]) == 0  # its time is a row of bench/eval_speed.py
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert (metrics["n"], metrics["constrained"], metrics["parse_failure_rate"]) == (20, True, 0.0)
     assert metrics["accuracy"] >= 0.6  # untuned SmolLM2 scores 0.75 here; unparsed answers would score 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -58,9 +57,7 @@ def test_greedy_answer_stops_at_im_end(smollm2):
 def test_second_resolve_is_a_no_op(smollm2_dir):
     weights = smollm2_dir / "model.safetensors"
     before = weights.stat()
-    started = time.perf_counter()
-    assert resolve_model_dir("smollm2-135m-instruct") == smollm2_dir
-    assert time.perf_counter() - started < 1.0
+    assert resolve_model_dir("smollm2-135m-instruct") == smollm2_dir  # its time: a row of bench/eval_speed.py
     after = weights.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 

@@ -52,6 +52,9 @@ def test_highlight_marks_every_entity_and_escapes():
     assert "&lt;b&gt;" in page and "<b>" not in page
     assert 'class="ner-missed"' in page and 'class="ner-spurious"' in page
     assert "not in the sentence" in page and "Zed" in page
+    twice = [ent("PER", "Ada"), ent("ORG", "Ada")]
+    page = highlight_ner("Ada", classify_ner("Ada", [ent("PER", "Ada")], twice))
+    assert "overlapping the marks above" in page and "ORG: Ada" in page
 
 
 def test_filters_and_counts():

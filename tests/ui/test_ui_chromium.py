@@ -2,15 +2,17 @@
 curves, evaluate, browse errors, chat (streamed), and screenshot every tab.
 
 Screenshots go to the test's tmp dir, and also to $TASKTUNE_UI_SCREENSHOTS (e.g. docs/ui) when it is set.
-The README's screenshots come from a real run of the embedded model on the bundled demo task:
-  TASKTUNE_UI_SCREENSHOTS=docs/ui TASKTUNE_UI_MODEL=smollm2-135m-instruct TASKTUNE_UI_EVAL_LIMIT=40 \
-  TASKTUNE_UI_TRAIN=$'train.max_steps=-1\ntrain.eval_steps=7\neval.during_training_limit=16' pytest tests/ui
+The README's screenshots come from a short real run (8 steps) of the embedded model on the bundled demo task:
+  T=$'train.max_steps=8\ntrain.eval_steps=4\ntrain.logging_steps=1\ntrain.batch_size=2\ndata.cutoff_len=256'
+  T+=$'\ndata.val_size=8\neval.during_training_limit=8\neval.max_new_tokens=48'
+  TASKTUNE_UI_SCREENSHOTS=docs/ui TASKTUNE_UI_MODEL=smollm2-135m-instruct TASKTUNE_UI_EVAL_LIMIT=16 \
+  TASKTUNE_UI_TRAIN="$T" pytest tests/ui/test_ui_chromium.py
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
@@ -86,9 +88,12 @@ def test_train_eval_chat_in_chromium(ui_server, tiny_llama_dir):
         page.wait_for_timeout(500)
         path = tmp / f"{name}.png"
         page.screenshot(path=str(path))
-        if shots_dir is not None:
+        if shots_dir is not None:  # for the README: a palette PNG, a third of the size
+            from PIL import Image
+
             shots_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, shots_dir / f"{name}.png")
+            with Image.open(path) as image:
+                image.convert("RGB").quantize(colors=128).save(shots_dir / f"{name}.png", optimize=True)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -140,7 +145,9 @@ def test_train_eval_chat_in_chromium(ui_server, tiny_llama_dir):
         page.get_by_label("side by side", exact=False).check()  # B: the base model, no adapter
         instruction = "Entity types: LOC, ORG, PER. List the entities in the text as a JSON list of {\"type\", " \
                       "\"text\"} in order of appearance, or [].\nAda Park joined Acme in Oslo."
-        fill(page, "chat-input", instruction)
+        # the tiny random model answers this short prompt with text (greedy, seeded); some prompts end at once
+        short = "Extract the entities: Ada Park joined Acme in Oslo."
+        fill(page, "chat-input", instruction if os.environ.get("TASKTUNE_UI_MODEL") else short)
         page.locator("#chat-send").click()
         expect(page.locator("#chat-b")).to_contain_text("Ada Park joined Acme in Oslo", timeout=60_000)  # B too
         answer = page.locator("#chat-a .bot, #chat-a [data-testid='bot']").last
@@ -158,9 +165,19 @@ def test_train_eval_chat_in_chromium(ui_server, tiny_llama_dir):
 
         page.get_by_role("tab", name="Export").click()
         expect(page.locator("#export-run input").first).to_have_value("ner-demo")
-        shot(page, "export", "#export-start")
+        fill(page, "export-score", "0")  # merge only: scoring the export again is what `tasktune export` tests do
+        page.locator("#export-start").click()
+        expect(page.locator("#export-command")).to_contain_text("queued as job")
+        expect(page.locator("#export-job")).to_contain_text("finished", timeout=300_000)
+        page.locator("#export-show").click()
+        expect(page.locator("#export-summary textarea")).to_have_value(re.compile(r"model\.safetensors"))
+        assert (run_dir / "export" / "export_report.json").is_file()
+        shot(page, "export", "#export-run")
 
         page.get_by_role("tab", name="Runs").click()
         expect(page.locator("#runs-table")).to_contain_text("finished")
+        page.locator("#runs-table").get_by_role("gridcell").first.click()  # a row opens the run
+        expect(page.locator("#runs-info")).to_contain_text("eval-best-eval")
+        expect(page.locator("#runs-curves img, #runs-curves svg").first).to_be_visible()
         shot(page, "runs", "#runs-table")
         browser.close()

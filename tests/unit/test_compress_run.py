@@ -53,6 +53,7 @@ def test_every_method_writes_a_scored_variant_that_loads(report):
         model = AutoModelForCausalLM.from_pretrained(row["path"], dtype="auto")  # plain transformers
         assert model.config.num_hidden_layers == row["layers"]
     assert rows["int8"]["bytes"] < rows["uncompressed"]["bytes"]
+    assert rows["nf4"]["params"] == rows["int8"]["params"] == rows["uncompressed"]["params"]  # unpacked counts
     assert rows["wanda"]["details"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert rows["sparse-2:4+heal"]["details"]["sparsity"] == pytest.approx(0.5, abs=0.01)  # re-masked after LoRA
     assert rows["drop-layers"]["layers"] == 1 and rows["distill-logits"]["layers"] == 1
@@ -108,7 +109,6 @@ def test_peak_rss_is_measured_in_a_fresh_process(tiny_llama_dir):
 
     found = peak_rss(tiny_llama_dir)
     assert found["peak_rss_bytes"] >= found["rss_before_load_bytes"] > 10_000_000  # Python + torch at least
-    assert "error" in peak_rss(tiny_llama_dir / "missing")
 
 
 def test_distill_head_trains_an_encoder_on_soft_teacher_labels(tiny_llama_dir, tmp_path):

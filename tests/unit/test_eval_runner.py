@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -220,8 +221,20 @@ def test_checkpoint_auto_base_and_directory(tiny_llama_dir, tiny_adapter_dir, da
         eval_model_config(cfg)
     cfg.eval.checkpoint = str(tiny_adapter_dir)
     model, tokenizer, description = resolve_eval_model(cfg)
-    assert type(model).__name__ == "PeftModelForCausalLM" and tokenizer.padding_side == "left"
+    assert not hasattr(model, "peft_config") and tokenizer.padding_side == "left"  # adapter merged for eval
     assert description == f"adapter {tiny_adapter_dir} on {tiny_llama_dir}"
+    import torch
+
+    from tasktune.model.load import load_model
+
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        merged = model(ids).logits.float()
+        tuned = load_model(replace(cfg.model, adapter=str(tiny_adapter_dir)), torch.float32)(ids).logits
+        base = load_model(cfg.model, torch.float32)(ids).logits
+    gap = (tuned - base).abs().max()
+    assert gap > 0.5  # the adapter matters, so matching it below is not a given
+    assert (merged - tuned).abs().max() < 0.05 * gap  # bf16 weights with the adapter folded in
 
 
 def test_loglik_scoring_picks_labels_without_generating(tiny, tiny_llama_dir, data_dir, tmp_path):

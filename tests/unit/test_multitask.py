@@ -56,6 +56,16 @@ def test_bad_task_lists_are_refused(overrides, message):
         check_task_list(cfg.tasks, cfg.task)
 
 
+def test_task_list_items_must_be_sections(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tasks: [ner, qa]\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(path)
+    path.write_text("tasks:\n  - {name: ner, wieght: 2}\n")
+    with pytest.raises(ConfigError, match="did you mean 'weight'"):
+        load_config(path)
+
+
 def test_repeated_task_names_get_numbered_aliases():
     assert task_aliases([TaskConfig(name="ner"), TaskConfig(name="ner"), TaskConfig(name="qa")]) == [
         "ner", "ner-2", "qa"]
@@ -109,6 +119,8 @@ def test_eval_writes_one_metrics_file_per_task_and_a_summary(tiny_llama_dir, tmp
     values = [per_task["ner"]["f1"], per_task["sentiment"]["macro_f1"], per_task["qa"]["f1"]]
     assert saved["mean"] == pytest.approx(sum(values) / 3)
     assert saved["tasks"]["sentiment"]["metric"] == "macro_f1"
+    with pytest.raises(ConfigError, match="missing in: ner, sentiment, qa"):
+        run_eval(_tiny(tiny_llama_dir, tmp_path / "run", "eval.split=test"))
 
 
 def test_training_evaluator_reports_every_task_and_the_mean(tiny_llama_dir, tiny_model, tmp_path):

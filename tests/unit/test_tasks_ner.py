@@ -368,3 +368,13 @@ def test_partial_match_uses_each_gold_entity_once():
     s = ner.score([[{"type": "LOC", "text": "New York"}, {"type": "LOC", "text": "York City"}]], [r], SPEC)
     assert s["partial"]["micro"]["tp"] == 1 and s["partial"]["micro"]["precision"] == 0.5
     assert s["f1"] == 0.0
+
+
+def test_a_model_that_predicts_nothing_is_flagged():
+    from tasktune.evaluate.report import degenerate_warning
+
+    rows = [row("Anna met Tom .", ("PER", "Anna"), ("PER", "Tom")), row("Nothing here .")]
+    assert "NO entity" in degenerate_warning("ner", ner.score([[], None], rows, SPEC))
+    assert degenerate_warning("ner", ner.score([[{"type": "PER", "text": "Tom"}], []], rows, SPEC)) is None
+    one_label = {"n": 3, "per_class": {"a": {"predicted": 3}, "b": {"predicted": 0}}}
+    assert "'a' for all 3" in degenerate_warning("classify", one_label)

@@ -29,6 +29,14 @@ kind, path = sys.argv[1], sys.argv[2]
 import torch
 from tasktune.config.schema import ModelConfig
 def peak():
+    # VmHWM: this process's own high-water mark (ru_maxrss would carry over the parent's peak at fork on Linux)
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 if kind == "head":
     from tasktune.model.heads import load_head
@@ -55,11 +63,13 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)  # bitsandbytes 4-bit: packed storage
+        count = int(torch.Size(shape).numel()) if shape is not None else param.numel()
+        total += count
         try:
-            nonzero += int(torch.count_nonzero(param.detach()))
-        except (RuntimeError, NotImplementedError, TypeError):  # packed / quantized tensors: counted in full
-            nonzero += param.numel()
+            nonzero += count if shape is not None else int(torch.count_nonzero(param.detach()))
+        except (RuntimeError, NotImplementedError, TypeError):  # quantized tensor subclasses: counted in full
+            nonzero += count
     return total, nonzero
 
 

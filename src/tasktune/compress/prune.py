@@ -100,7 +100,9 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float, n_of_
         lowest = groups.argsort(-1)[..., :n]
         return keep.reshape(groups.shape).scatter_(-1, lowest, False).reshape(score.shape)
     count = int(score.shape[1] * sparsity)
-    lowest = score.argsort(-1)[:, :count]
+    if count == 0:
+        return keep
+    lowest = score.topk(count, dim=1, largest=False).indices
     return keep.scatter_(1, lowest, False)
 
 

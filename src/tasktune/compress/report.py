@@ -104,6 +104,9 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
             speed_ax.scatter(speed, row["metric_value"], marker=marker, s=80)
             speed_ax.annotate(row["variant"], (speed, row["metric_value"]), fontsize=8, xytext=(4, 4),
                               textcoords="offset points")
+    speeds = [s for r in points if (s := r["generate_speedup"] if r["kind"] == "llm" else r["examples_per_s_ratio"])]
+    if speeds and max(speeds) / min(speeds) > 20:  # a head next to LLMs: ratios over two orders of magnitude
+        speed_ax.set_xscale("log")
     size_ax.set_xlabel("weights on disk (MB)")
     speed_ax.set_xlabel("speed vs uncompressed (LLMs: generated tok/s; heads: examples/s)")
     for ax in (size_ax, speed_ax):

@@ -105,9 +105,7 @@ class Scorer:
         from tasktune.evaluate.runner import evaluate_task
 
         model_cfg = ModelConfig(name_or_path=str(variant.path), template=self.cfg.model.template)
-        model = load_model(model_cfg)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
+        model = on_device(load_model(model_cfg))
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(model_cfg, padding_side="left")
         tokenizer = self.tokenizer
@@ -263,7 +261,7 @@ def run_compress(cfg: Config) -> dict[str, Any]:
         table.extend(scorer.row(v) for v in variants)
     recheck = None
     if scorer.prompt is not None and len(table) > 1:  # the same measurement at the end: how noisy was this run?
-        base = load_model(ModelConfig(name_or_path=str(base_dir)))
+        base = on_device(load_model(ModelConfig(name_or_path=str(base_dir))))
         recheck = {"first": table[0].get("generate_tokens_per_s"), "last": scorer.generation_speed(base)}
         del base
     report = {
@@ -277,6 +275,13 @@ def run_compress(cfg: Config) -> dict[str, Any]:
     print(format_table(report))
     print(f"report: {path}" + (f", plot: {report['plot']}" if report.get("plot") else ""))
     return report
+
+
+def on_device(model: Any) -> Any:
+    """The model on the GPU when there is one (bitsandbytes 4-bit models stay where they were loaded)."""
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        return model.to("cuda")
+    return model
 
 
 def _device() -> str:

@@ -37,6 +37,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _coerce(value, args[0], where)
     if origin is list:
         (item,) = typing.get_args(tp)
+        if value is None:
+            return []
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):

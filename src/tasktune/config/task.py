@@ -72,7 +72,7 @@ class TaskConfig:
     class_weights: dict[str, float] | str | None = None
     """classify/ner heads: loss weight per class: balanced (inverse frequency in the training data) or a map
     {label: weight} (ner: entity types and O); unlisted classes weigh 1."""
-    logit_adjustment: float = 1.0
+    logit_adjustment: float = 0.5
     """ner heads: training adds this x log(share of each tag among the training words) to the tag scores (the
     logit-adjusted loss, Menon et al. 2021), so rare entity tags are not drowned by O on sparse data (a head
     that predicts only O); predictions use the plain scores. 0: off."""

@@ -215,14 +215,3 @@ class RowConstraints(SuffixConstraint):
         rows = [scores[b : b + 1] if c is None else c(input_ids[b : b + 1], scores[b : b + 1])
                 for b, c in enumerate(self.active)]
         return torch.cat(rows)
-
-
-def make_processor(constraint: dict[str, Any] | Sequence[dict[str, Any] | None] | None, tokenizer,
-                   stop_ids: Sequence[int]) -> SuffixConstraint | None:
-    """One spec -> its processor; a list of specs (None: free text), one per conversation -> RowConstraints;
-    None or a list of only None -> None."""
-    if constraint is None or isinstance(constraint, dict):
-        return build_constraint(constraint, tokenizer, stop_ids) if constraint else None
-    if not any(constraint):
-        return None
-    return RowConstraints(constraint, tokenizer, stop_ids)

@@ -19,6 +19,7 @@ from tasktune.config.task import check_task_list, task_aliases
 from tasktune.evaluate.report import HEADLINE
 from tasktune.evaluate.runner import (
     DEFAULT_METRIC,
+    SPLIT_FILES,
     Evaluator,
     default_eval_dir,
     evaluate_task,
@@ -96,6 +97,10 @@ def run_multitask_eval(cfg: Config) -> dict[str, Any]:
     under the eval folder, summary.json beside them. Returns the summary."""
     configs = task_configs(cfg)
     selected_metric(cfg)  # config errors before the model loads
+    key = SPLIT_FILES[cfg.eval.split]
+    missing = [alias for alias, local in configs.items() if not getattr(local.task, key)]
+    if missing:
+        raise ConfigError(f"eval.split={cfg.eval.split} needs {key} in every task; missing in: {', '.join(missing)}")
     model, tokenizer, description = resolve_eval_model(cfg)
     print(f"scoring {description} on {len(configs)} tasks: {', '.join(configs)}")
     base = default_eval_dir(cfg)

@@ -36,7 +36,7 @@ DEFAULT_METRIC = {"ner": "f1", "classify": "macro_f1", "qa": "f1", "mt": "bleu"}
 """metric_for_best by task. classify: macro_f1, which a model answering one label for everything cannot
 raise (accuracy can, on unbalanced data)."""
 BEST_METRICS = {
-    "ner": ("f1", "precision", "recall", "macro_f1", "partial_f1"),
+    "ner": ("f1", "precision", "recall", "macro_f1", "partial_f1", "text_f1"),
     "classify": ("accuracy", "macro_f1"),
     "qa": ("f1", "exact_match"),
     "mt": ("bleu", "chrf"),
@@ -127,14 +127,18 @@ def _from_dir(base: ModelConfig, path: Path) -> tuple[ModelConfig, str]:
 def resolve_eval_model(cfg: Config):
     """(model, tokenizer, description) for eval.checkpoint: auto | base | an adapter or model directory.
 
-    The model goes to the GPU when there is one; the tokenizer pads on the left.
+    The model is loaded in bf16 where the hardware runs it (model.dtype=auto) with its adapter merged, and
+    goes to the GPU when there is one; the tokenizer pads on the left.
     """
     import torch
 
     from tasktune.model.load import load_model, load_tokenizer
+    from tasktune.runtime import inference_dtype
 
     model_cfg, description = eval_model_config(cfg)
-    model = load_model(model_cfg)
+    model = load_model(model_cfg, inference_dtype(model_cfg.dtype))
+    if hasattr(model, "merge_and_unload"):  # one adapter, read-only here: fold it in, no LoRA matmuls per token
+        model = model.merge_and_unload()
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model, load_tokenizer(model_cfg, padding_side="left"), description
@@ -293,6 +297,7 @@ def run_eval(cfg: Config) -> dict[str, Any]:
 
         return run_head_eval(cfg)
     task_spec(cfg)  # config errors before the model loads
+    cfg.output.check()
     model, tokenizer, description = resolve_eval_model(cfg)
     print(f"scoring {description}")
     return evaluate_task(cfg, model, tokenizer, out_dir=default_eval_dir(cfg), model_description=description)

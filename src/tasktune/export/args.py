@@ -29,7 +29,7 @@ def add_export_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--adapter", help="LoRA adapter directory to merge (overrides the config)")
     parser.add_argument("--out", help="output directory (default: <output.dir>/export)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default: 2GB)")
-    parser.add_argument("--dtype", choices=DTYPES, help="exported weight dtype (default: model.dtype, float32)")
+    parser.add_argument("--dtype", choices=DTYPES, help="exported weight dtype (default: model.dtype; auto exports float32)")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only quantization with torchao")
     parser.add_argument("--gguf", choices=GGUF_TYPES, help="also write model-<type>.gguf with llama.cpp's converter")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
@@ -47,7 +47,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         model=args.model or model,
         adapter=args.adapter or adapter,
         out=Path(args.out or Path(cfg.output.dir) / "export"),
-        dtype=args.dtype or cfg.model.dtype,
+        dtype=args.dtype or ("float32" if cfg.model.dtype == "auto" else cfg.model.dtype),
         max_shard_size=args.max_shard_size,
         int8=args.int8,
         gguf=args.gguf,

@@ -67,7 +67,7 @@ def load_quantized(cfg: ModelConfig, compute_dtype: Any = None, gradient_checkpo
         resolve_model_dir(cfg.name_or_path),
         dtype=compute_dtype,
         quantization_config=quantization_config(cfg, compute_dtype),
-        device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"},
+        device_map={"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"},  # this rank's GPU
         use_safetensors=True,
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation=cfg.attn_implementation,

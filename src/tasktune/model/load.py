@@ -30,7 +30,10 @@ def _remote_code_error(source: Path, err: Exception) -> ModelError:
 
 
 def check_model_dir(path: Path) -> None:
-    """Refuse a directory with only pickled PyTorch weights (a .bin file can run code when loaded)."""
+    """Refuse a directory without config.json, or with only pickled PyTorch weights (a .bin file can run code
+    when loaded)."""
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json; expected a Hugging Face model directory")
     if not path.is_dir() or any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
         return
     pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))

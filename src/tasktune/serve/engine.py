@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tasktune.config.schema import ConfigError, ModelConfig
+from tasktune.model.adapters import check_adapter_base
 from tasktune.model.decode import BASE_ADAPTER, Decoder, Request
 from tasktune.model.generate import stop_token_ids
-from tasktune.model.load import load_model, load_tokenizer
+from tasktune.model.load import load_model, load_tokenizer, resolve_model_dir
 from tasktune.runtime import configure_threads, inference_dtype
 from tasktune.serve.rows import Event, Result, Row
 
@@ -169,6 +170,7 @@ class Engine:
 
         if not (Path(path) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"adapter {name!r}: no adapter_config.json in {path}")
+        check_adapter_base(path, [base_cfg.name_or_path, str(resolve_model_dir(base_cfg.name_or_path))])
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(path, adapter_name=peft_name, is_trainable=False)
         else:

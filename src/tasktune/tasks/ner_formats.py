@@ -174,6 +174,7 @@ def read_copy(output: str, text: str, labels: Sequence[str], whole: bool = False
     beginning) with `[mention|TYPE]` brackets around some spans, else None. Every reading is followed at once,
     so a text that holds `[`, `|` or `]` itself is read right; the first complete reading wins."""
     n = len(text)
+    known = _label_map(labels)  # labels are read case-insensitively
     # state -> mentions so far; states: ("copy", j) | ("in", j, start) | ("label", j, start, prefix)
     states: dict[tuple, tuple] = {("copy", 0): ()}
     for ch in output:
@@ -193,10 +194,10 @@ def read_copy(output: str, text: str, labels: Sequence[str], whole: bool = False
                     moves.append((("label", j, state[2], ""), found))
             else:
                 prefix = state[3]
-                if ch == "]" and prefix in labels:
-                    moves.append((("copy", j), (*found, (prefix, state[2], j))))
-                if any(label.startswith(prefix + ch) for label in labels):
-                    moves.append((("label", j, state[2], prefix + ch), found))
+                if ch == "]" and prefix in known:
+                    moves.append((("copy", j), (*found, (known[prefix], state[2], j))))
+                if any(label.startswith(prefix + ch.lower()) for label in known):
+                    moves.append((("label", j, state[2], prefix + ch.lower()), found))
             for target, mentions in moves:
                 after.setdefault(target, mentions)
         if not after:

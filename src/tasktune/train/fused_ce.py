@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-CHUNK_ROWS = 1024
+CHUNK_ROWS = 256
 """Target positions per chunk: the chunk's fp32 logits are CHUNK_ROWS x vocabulary x 4 bytes."""
 
 FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text", "gemma3", "phi3", "olmo2")

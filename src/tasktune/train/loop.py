@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from tasktune.config.load import save_config
+from tasktune.config.load import config_to_dict, save_config
 from tasktune.config.schema import Config, ConfigError
 from tasktune.data.pipeline import PreparedData
 from tasktune.model.load import load_tokenizer
@@ -32,11 +31,13 @@ from tasktune.train.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
+from tasktune.train.distributed import configure_plugins, evaluate_once, micro_batch, save_output, shared_data
 from tasktune.train.logs import RunLogger, plot_loss, read_log, trim_log
 from tasktune.train.optim import build_optimizer, build_scheduler
 from tasktune.train.order import BatchPlan
 from tasktune.train.route import Route, resolve_task, route_for
 from tasktune.train.step import autocast_casts_inputs, tuner_layers
+from tasktune.train.trackers import TRACKERS, TrackedLogger, open_trackers
 
 # A scorer run during training: (unwrapped model, tokenizer, step) -> metrics; "metric" picks the best.
 Evaluator = Callable[[torch.nn.Module, Any, int], dict[str, float]]
@@ -107,7 +108,7 @@ def new_accelerator(mixed_precision: str) -> Accelerator:
 def prepare_output_dir(cfg: Config, resuming: bool) -> Path:
     out = Path(cfg.output.dir)
     run_files = ("adapter", "model", "best", "train_log.jsonl", "checkpoints", "eval_steps", "dist", "tensorboard",
-                 "loss.png", "rejected.jsonl")
+                 "loss.png", "rejected.jsonl", "wandb", "mlruns")
     used = [n for n in run_files if (out / n).exists()]
     if used and not resuming:
         if not cfg.output.overwrite:
@@ -173,9 +174,8 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     accelerator.wait_for_everyone()
 
     tokenizer = load_tokenizer(cfg.model)
-    if data is None:
-        with accelerator.main_process_first():
-            data = route.build_data(cfg, tokenizer, out if main else None)
+    if data is None:  # prepared once, on the main process; the others read its cache file
+        data = shared_data(lambda where: route.build_data(cfg, tokenizer, where), out, accelerator)
     if not data.train:
         raise ConfigError("no training examples left after validation: see rejected.jsonl")
 
@@ -187,6 +187,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     # The schedule counts optimizer steps of the whole job, so it is not wrapped by accelerate
     # (which would step it once per process); it is saved with the checkpoint instead.
     scheduler = build_scheduler(optimizer, tc, total_steps)
+    configure_plugins(accelerator, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState()
     fingerprint = run_fingerprint(cfg, accelerator.unwrap_model(model), plan)
@@ -197,6 +198,8 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
             print(f"resumed from {resume} at step {state.global_step}")
 
     logger = RunLogger(out, tc.report_to, enabled=main)
+    if main and set(tc.report_to) & set(TRACKERS):  # wandb / mlflow through accelerate's trackers, offline
+        logger = TrackedLogger(logger, open_trackers(tc.report_to, out, config_to_dict(cfg)))
     pad_id = tokenizer.pad_token_id
     rank, world = accelerator.process_index, accelerator.num_processes
     # Under autocast, peft's casts of LoRA inputs to fp32 are pure overhead (same numbers, ~10 % of a CPU step).
@@ -230,8 +233,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         # DDP averages gradients over processes, hence the factor `world`.
         step_loss = torch.zeros((), device=accelerator.device)
         for k, mb in enumerate(micro):
-            sync = k == len(micro) - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
+            with micro_batch(accelerator, model, last=k == len(micro) - 1):  # DeepSpeed steps on the last only
                 with autocast_casts_inputs(lora_layers):
                     loss_sum = route.summed_loss(model, mb)
                 accelerator.backward(loss_sum * (world / n_targets))
@@ -294,8 +296,8 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
     unwrapped = accelerator.unwrap_model(model)
     if world > 1:
         _write_rank_record(out, rank, world, seen_units, unwrapped)
+    save_output(route.save, accelerator, model, tokenizer, out, tc.finetuning)  # full state dict when sharded
     if main:
-        route.save(unwrapped, tokenizer, out, tc.finetuning)
         plot_loss(read_log(out / "train_log.jsonl"), out / "loss.png")
     logger.close()
     accelerator.wait_for_everyone()
@@ -311,14 +313,14 @@ def _evaluate(cfg, route, model, tokenizer, data, accelerator, evaluator, state,
         eval_loss = _eval_loss(route, model, data.val, tokenizer.pad_token_id, cfg.train.batch_size, accelerator)
         record["eval_loss"] = round(eval_loss, 5)
     if evaluator is not None:
-        metrics = evaluator(accelerator.unwrap_model(model), tokenizer, state.global_step)
+        metrics = evaluate_once(evaluator, accelerator, model, tokenizer, state.global_step)
         model.train()
         record.update({f"eval_{k}": v for k, v in metrics.items() if k != "metric"})
         if "metric" in metrics and (state.best_metric is None or metrics["metric"] > state.best_metric):
             state.best_metric, state.best_step = metrics["metric"], state.global_step
             accelerator.wait_for_everyone()
+            save_output(route.save, accelerator, model, tokenizer, out / "best", cfg.train.finetuning)
             if accelerator.is_main_process:
-                route.save(accelerator.unwrap_model(model), tokenizer, out / "best", cfg.train.finetuning)
                 (out / "best" / "best.json").write_text(json.dumps(record, indent=2))
     if len(record) > 1:
         logger.log(record)

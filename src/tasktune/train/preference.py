@@ -140,7 +140,8 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torc
     inner = unwrap(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     if _accepts_logits_to_keep(type(inner)):
-        logits = model(**inputs, logits_to_keep=keep).logits.reshape(-1, inner.config.vocab_size)
+        logits = model(**inputs, logits_to_keep=keep).logits
+        logits = logits.reshape(-1, logits.shape[-1])
     else:
         logits = model(**inputs).logits[keep]
     token_logps = torch.gather(logits.float().log_softmax(-1), 1, targets[keep].unsqueeze(1)).squeeze(1)

@@ -19,6 +19,7 @@ from tasktune.data.collate import collate
 from tasktune.data.pipeline import PreparedData, build_datasets, load_conversations, mix_datasets
 from tasktune.data.report import RejectReport
 from tasktune.model.adapters import prepare_for_training, save_trained
+from tasktune.model.fused import use_fused_blocks
 from tasktune.model.head_data import build_head_data
 from tasktune.model.head_data import collate as head_collate
 from tasktune.model.head_data import count_targets as head_targets
@@ -89,7 +90,10 @@ def _build_causal_lm(cfg: Config) -> torch.nn.Module:
 
         base = load_quantized(cfg.model, gradient_checkpointing=cfg.train.gradient_checkpointing)
         return prepare_for_training(base, cfg.train, cfg.lora)
-    return prepare_for_training(load_model(cfg.model, frozen_base_dtype(cfg)), cfg.train, cfg.lora)
+    model = load_model(cfg.model, frozen_base_dtype(cfg))
+    if cfg.train.fused_blocks:
+        use_fused_blocks(model)
+    return prepare_for_training(model, cfg.train, cfg.lora)
 
 
 def frozen_base_dtype(cfg: Config) -> torch.dtype | None:

@@ -81,7 +81,7 @@ def build_app(runs_dir: str | Path, start_runner: bool = True):
             chat_tab.select(chat["on_select"], [chat["model_a"], chat["model_b"]], [chat["model_a"], chat["model_b"]])
             with gr.Tab("Export", id="export", elem_id="tab-export"):
                 export = build_export_tab(ctx)
-            with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
+            with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_tab:
                 runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="runs (click one)", interactive=False,
                                           wrap=True, elem_id="runs-table")
                 with gr.Row():
@@ -138,6 +138,7 @@ def build_app(runs_dir: str | Path, start_runner: bool = True):
 
         runs_table.select(select_row, [runs_table], [picked])
         picked.change(open_run, [picked], [run_info, run_plot, run_yaml])
+        runs_tab.select(open_run, [picked], [run_info, run_plot, run_yaml])
         def do_cancel(job_id: str) -> str:
             job = ctx.store.cancel((job_id or "").strip())
             return f"job {job.id}: {job.status}{' (stop requested)' if job.stop_requested else ''}" if job else \

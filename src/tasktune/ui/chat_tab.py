@@ -16,6 +16,7 @@ from tasktune.ui.runs import UIContext, adapters, read_json, run_config
 
 NO_ADAPTER = "(none: base model)"
 MAX_LOADED = 2
+EMPTY_REPLY = "(no text: the model ended its turn at once)"
 
 
 class ModelCache:
@@ -125,6 +126,11 @@ def build_chat_tab(ctx: UIContext) -> dict[str, Any]:
                 yield hist_a, hist_b, "", ""
         except Exception as exc:  # a bad path or model: shown, the server stays up
             yield hist_a, hist_b, "", f"**error:** {type(exc).__name__}: {exc}"
+            return
+        for history, _ in streams:
+            if not history[-1]["content"]:
+                history[-1] = {"role": "assistant", "content": EMPTY_REPLY}
+        yield hist_a, hist_b, "", ""
 
     inputs = [prompt, chat_a, chat_b, side_by_side, model_a, adapter_a, model_b, adapter_b, max_new, temperature,
               top_p]
@@ -150,10 +156,12 @@ def build_export_tab(ctx: UIContext) -> dict[str, Any]:
         which = gr.Radio(["best", "final"], value="final", label="adapter")
         out = gr.Textbox(label="output directory (default: <run>/export)", elem_id="export-out")
     with gr.Row():
+        dtype = gr.Dropdown(["float32", "bfloat16", "float16"], value="float32", label="weight dtype")
         int8 = gr.Checkbox(label="int8 (torchao weight-only)")
         gguf = gr.Dropdown(["none", "f16", "q8_0", "q4_k_m"], value="none", label="GGUF")
         overwrite = gr.Checkbox(label="overwrite a non-empty output directory")
-        score_rows = gr.Number(value=20, precision=0, label="score the export on N eval rows (0: do not score)")
+        score_rows = gr.Number(value=20, precision=0, label="score the export on N eval rows (0: do not score)",
+                               elem_id="export-score")
     start = gr.Button("Export", variant="primary", elem_id="export-start")
     command = gr.Code(label="command", language="shell", interactive=False, elem_id="export-command")
     job_status = gr.Markdown(elem_id="export-job")
@@ -167,7 +175,7 @@ def build_export_tab(ctx: UIContext) -> dict[str, Any]:
             return None, None
         return run_dir, Path(out_text).resolve() if out_text and out_text.strip() else run_dir / "export"
 
-    def do_start(run_label, adapter_kind, out_text, with_int8, gguf_type, replace, rows):
+    def do_start(run_label, adapter_kind, out_text, weight_dtype, with_int8, gguf_type, replace, rows):
         run_dir, out_dir = target(run_label, out_text)
         if run_dir is None or not (run_dir / "config.yaml").is_file():
             return "# pick a run (a directory with config.yaml)"
@@ -177,7 +185,8 @@ def build_export_tab(ctx: UIContext) -> dict[str, Any]:
         source = ["--adapter", str(found[adapter_kind])] if found[adapter_kind].name == "adapter" else [
             "--model", str(found[adapter_kind])]
         scoring = [f"eval.limit={int(rows)}"] if rows and int(rows) > 0 else ["task.name=null"]
-        args = ["export", str(run_dir / "config.yaml"), *scoring, *source, "--out", str(out_dir)]
+        args = ["export", str(run_dir / "config.yaml"), *scoring, *source, "--out", str(out_dir),
+                "--dtype", weight_dtype]
         args += ["--int8"] if with_int8 else []
         args += ["--gguf", gguf_type] if gguf_type and gguf_type != "none" else []
         args += ["--overwrite"] if replace else []
@@ -197,6 +206,6 @@ def build_export_tab(ctx: UIContext) -> dict[str, Any]:
             text = json.dumps(data, indent=2)[:4000]
         return text, data
 
-    start.click(do_start, [run, which, out, int8, gguf, overwrite, score_rows], [command])
+    start.click(do_start, [run, which, out, dtype, int8, gguf, overwrite, score_rows], [command])
     show.click(do_show, [run, out], [summary, report])
     return {"run": run, "job": job_status}

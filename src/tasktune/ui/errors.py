@@ -137,9 +137,10 @@ def highlight_ner(text: str, errors: list[NerError]) -> str:
         if span is not None and span.start is not None:
             marks.append((span.start, span.end, error))
     marks.sort(key=lambda m: (m[0], -m[1]))
-    out, cursor = [], 0
+    out, cursor, hidden = [], 0, []
     for start, end, error in marks:
-        if start < cursor:  # overlapping marks: the outer one is already drawn
+        if start < cursor:  # overlapping marks: the outer one is drawn, this one listed below
+            hidden.append(error)
             continue
         out.append(html.escape(text[cursor:start]))
         out.append(f'<mark class="ner-{error.kind}" style="background:{COLORS[error.kind]}" '
@@ -148,10 +149,12 @@ def highlight_ner(text: str, errors: list[NerError]) -> str:
         cursor = end
     out.append(html.escape(text[cursor:]))
     extra = [e for e in errors if e.predicted is not None and e.predicted.start is None]
-    if extra:
-        out.append("<br><small>not in the sentence: " + ", ".join(
-            f'<mark style="background:{COLORS[e.kind]}">{html.escape(e.predicted.type)}: '
-            f"{html.escape(e.predicted.text)}</mark>" for e in extra) + "</small>")
+    for title, shown in (("not in the sentence", extra), ("overlapping the marks above", hidden)):
+        if shown:
+            out.append(f"<br><small>{title}: " + ", ".join(
+                f'<mark style="background:{COLORS[e.kind]}" title="{html.escape(_describe(e))}">'
+                f"{html.escape((e.predicted or e.gold).type)}: {html.escape((e.predicted or e.gold).text)}"
+                f"<sub>{html.escape(_label(e))}</sub></mark>" for e in shown) + "</small>")
     return "".join(out)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -49,8 +50,7 @@ class Job:
 
     @property
     def command(self) -> str:
-        import shlex
-
+        """The command as a user would type it (shown, never run through a shell)."""
         return shlex.join(["tasktune", *self.args])
 
 

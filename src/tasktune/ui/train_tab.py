@@ -93,7 +93,7 @@ def build_train_tab(ctx: UIContext) -> dict[str, Any]:
     command = gr.Code(label="command", language="shell", elem_id="train-command", interactive=False)
     status = gr.Markdown(elem_id="train-status")
     plot = gr.Plot(label="curves", elem_id="train-curves", format="png")
-    log = gr.Textbox(label="log tail", lines=12, max_lines=12, elem_id="train-log", interactive=False,
+    log = gr.Textbox(label="log tail", lines=12, max_lines=14, elem_id="train-log", interactive=False,
                      autoscroll=True)
     queue = gr.Dataframe(headers=QUEUE_COLUMNS, label="job queue (one job at a time; state lives on disk)",
                          elem_id="job-queue", interactive=False, wrap=True)
@@ -178,7 +178,7 @@ def refresh_train(ctx: UIContext) -> tuple[Any, Any, Any, Any]:
     job = ctx.last_job("train")
     if job is None:
         return "no training job yet: load an example, then Start", None, "", rows
-    tail = ctx.store.log_tail(job.id, 40)
+    tail = ctx.store.log_tail(job.id, 12)
     progress = progress_from_log(tail)
     curves = run_curves(job.output_dir)
     line = f"**{job.status}** · job {job.id} · `{job.output_dir}`"

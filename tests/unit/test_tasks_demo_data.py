@@ -29,7 +29,7 @@ def script():
 
 def test_files_are_small_and_read_without_rejections():
     sizes = {p.name: p.stat().st_size for p in DEMO.glob("ner_*")}
-    assert set(sizes) == {"ner_train.jsonl", "ner_dev.jsonl", "ner_instruct.json"}
+    assert set(sizes) == {"ner_train.jsonl", "ner_dev.jsonl", "ner_instruct.json", "ner_pref.json"}
     assert max(sizes.values()) < 200_000
     train, dev = (list(ner.read(DEMO / f"ner_{split}.jsonl", SPEC)) for split in ("train", "dev"))
     assert not [r for r in train + dev if isinstance(r, RowError)]

@@ -11,11 +11,11 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TextIO
 
 from tasktune.config.task import TaskConfig
 from tasktune.data.report import DataError
+from tasktune.data.text import read_lines
 from tasktune.evaluate.heads import predict_rows
 from tasktune.model.heads import load_head
 from tasktune.tasks.classify import TEXT_FIELDS, ClassifyRow
@@ -59,7 +59,7 @@ def read_inputs(lines: Iterable[str], spec: TaskConfig, source: str = "<stdin>")
 def _open_input(path: str | None) -> tuple[Iterable[str], str]:
     if path in (None, "-"):
         return sys.stdin, "<stdin>"
-    return Path(path).read_text(encoding="utf-8").splitlines(), str(path)
+    return read_lines(path), str(path)
 
 
 def run_predict(model_dir: str, input_path: str | None = None, output_path: str | None = None,

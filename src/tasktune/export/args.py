@@ -29,7 +29,8 @@ def add_export_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--adapter", help="LoRA adapter directory to merge (overrides the config)")
     parser.add_argument("--out", help="output directory (default: <output.dir>/export)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default: 2GB)")
-    parser.add_argument("--dtype", choices=DTYPES, help="exported weight dtype (default: model.dtype; auto exports float32)")
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help="exported weight dtype (default: model.dtype; auto exports float32)")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only quantization with torchao")
     parser.add_argument("--gguf", choices=GGUF_TYPES, help="also write model-<type>.gguf with llama.cpp's converter")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")

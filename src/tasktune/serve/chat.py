@@ -71,11 +71,13 @@ def run_chat(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     input_fn: Callable[[str], str] = input,
-    output: TextIO = sys.stdout,
+    output: TextIO | None = None,
     system: str | None = None,
 ) -> int:
     """Chat with `model` (+ adapters, each "DIR" or "NAME=DIR"): answer `prompt` once, or loop on `input_fn`
-    until /exit. Returns 0, or 1 when the one `prompt` could not be answered."""
+    until /exit; `output` defaults to the sys.stdout of the call. Returns 0, or 1 when the one `prompt` could
+    not be answered."""
+    output = output or sys.stdout
     from tasktune.serve.engine import Engine, EngineError, parse_adapter_specs
 
     adapters = parse_adapter_specs([adapter] if isinstance(adapter, str) else adapter)

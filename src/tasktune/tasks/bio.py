@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tasktune.data.messages import RowError
+from tasktune.data.text import read_lines
 from tasktune.tasks.base import row_error
 
 Span = tuple[str, int, int]
@@ -99,20 +100,19 @@ def read_conll(path: str | Path) -> Iterator[tuple[str, list[str], list[str]] | 
         elif tokens:
             yield f"{path}:{start}", list(tokens), list(tags)
 
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            columns = line.split()
-            if not columns or columns[0] == "-DOCSTART-":
-                yield from flush()
-                tokens, tags, bad = [], [], None
-                continue
-            if not tokens and bad is None:
-                start = number
-            if len(columns) < 2:
-                bad = bad or row_error(
-                    "missing_field", f"{path}:{number}", f"expected token and tag: {line!r}"
-                )
-                continue
-            tokens.append(columns[0])
-            tags.append(columns[-1])
+    for number, line in enumerate(read_lines(path), start=1):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            yield from flush()
+            tokens, tags, bad = [], [], None
+            continue
+        if not tokens and bad is None:
+            start = number
+        if len(columns) < 2:
+            bad = bad or row_error(
+                "missing_field", f"{path}:{number}", f"expected token and tag: {line!r}"
+            )
+            continue
+        tokens.append(columns[0])
+        tags.append(columns[-1])
     yield from flush()

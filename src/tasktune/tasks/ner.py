@@ -16,6 +16,7 @@ from typing import Any
 from tasktune.config.schema import ConfigError
 from tasktune.config.task import TaskConfig
 from tasktune.data.messages import Conversation, RowError
+from tasktune.data.text import read_lines
 from tasktune.tasks import bio
 from tasktune.tasks import ner_formats as formats
 from tasktune.tasks.base import conversation, has_cjk, is_cjk_language, iter_records, row_error, row_id
@@ -68,8 +69,7 @@ def read(path: str | Path, spec: TaskConfig) -> Iterator[NerRow | RowError]:
 
 
 def _first_line(path: Path) -> str:
-    with path.open(encoding="utf-8") as f:
-        return next((line.strip() for line in f if line.strip()), "")
+    return next((line.strip() for line in read_lines(path) if line.strip()), "")
 
 
 def _from_record(record: dict[str, Any], source: str, spec: TaskConfig) -> NerRow | RowError:

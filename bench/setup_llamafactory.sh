@@ -18,7 +18,7 @@ TORCH=${TORCH:-2.13.0}
 LF=${LF:-llamafactory}
 VENV=.bench/lf-venv
 STAMP="$VENV/.installed"
-WANT="torch==$TORCH $LF (no torchvision/torchaudio, stub torchaudio) v2"
+WANT="torch==$TORCH $LF (no torchvision/torchaudio, stub torchaudio, metrics) v3"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   echo "$VENV ready: $(cat "$STAMP")"; exit 0
 fi
@@ -42,6 +42,8 @@ for req in requires("llamafactory") or []:
 PY
 )
 "${PIP[@]}" install -c .bench/lf-constraints.txt "${REQS[@]}"
+# do_predict's metrics (bench/eval_speed.py) need LLaMA-Factory's "metrics" extra
+"${PIP[@]}" install -c .bench/lf-constraints.txt jieba nltk rouge-chinese
 "${PIP[@]}" uninstall -y torchvision torchaudio 2>/dev/null || true
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 mkdir -p "$SITE/torchaudio"

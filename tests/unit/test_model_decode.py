@@ -64,3 +64,17 @@ def test_callback_and_cancel_end_a_row(tiny):
     decoder.run([stopper, other])
     assert stopper.finish_reason == "stop_string" and len(stopper.generated) == 2
     assert other.done
+
+
+def test_a_request_cancelled_while_waiting_is_reported_by_the_next_step(tiny):
+    prompts = _prompts()
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=1)
+    running, waiting = Request(prompts[0], 4), Request(prompts[1], 4)
+    decoder.add(running)
+    decoder.add(waiting)
+    decoder.step()  # admits the first only (max_batch=1)
+    decoder.cancel(waiting)
+    finished = decoder.step()
+    assert waiting in finished and waiting.finish_reason == "cancelled" and not waiting.generated
+    decoder.run([])
+    assert running.done and len(running.generated) <= 4

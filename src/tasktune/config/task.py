@@ -205,8 +205,8 @@ class EvalConfig:
     checkpoint: str = "auto"
     """Model scored: auto (this run's best/ or final adapter/model in output.dir if present, else the base
     model with model.adapter) | base (model.name_or_path with model.adapter) | a directory (adapter or model)."""
-    batch_size: int = 16
-    """Prompts generated together (left-padded, similar lengths batched)."""
+    batch_size: int = 64
+    """Rows generated at once (continuous batching: a finished row is replaced by the next at once)."""
     max_new_tokens: int | None = None
     """Generation budget per example; None: the task's default."""
     constrained: bool | None = None

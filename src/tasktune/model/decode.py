@@ -82,6 +82,7 @@ class Decoder:
         self.max_batch = max(1, max_batch)
         self.device = next(model.parameters()).device
         self.waiting: list[Request] = []
+        self._ended: list[Request] = []  # cancelled while waiting: reported by the next step
         self.batch: _Batch | None = None
         self.prefix_ids = list(prefix_ids)
         self._prefix_cache: dict[str | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -94,7 +95,7 @@ class Decoder:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.active)
+        return bool(self.waiting or self.active or self._ended)
 
     def add(self, request: Request) -> None:
         if not request.prompt_ids:
@@ -115,7 +116,7 @@ class Decoder:
     @torch.inference_mode()
     def step(self) -> list[Request]:
         """Admit waiting requests, then one token for every running row; returns the rows that finished."""
-        finished: list[Request] = []
+        finished, self._ended = self._ended, []
         if self.batch is not None:
             self._decode_one()
             finished += self._drop_finished()
@@ -127,11 +128,12 @@ class Decoder:
         return finished
 
     def cancel(self, request: Request, reason: str = "cancelled") -> None:
-        """End `request` now (waiting or running); it leaves the batch at the next step."""
-        if request in self.waiting:
-            self.waiting.remove(request)
+        """End `request` now; a running one leaves the batch at the next step, a waiting one is returned by it."""
         if not request.done:
             request.finish_reason = reason
+        if request in self.waiting:
+            self.waiting.remove(request)
+            self._ended.append(request)
 
     # ---- forward passes -------------------------------------------------------------------------------
     def _forward(self, input_ids, mask, positions, cache, adapters) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -47,24 +48,29 @@ def resample(items: list[T], target: int, rng: random.Random) -> list[T]:
     return items * copies + [items[i] for i in sorted(rng.sample(range(len(items)), rest))]
 
 
+def read_converted(spec: DatasetSpec, convert: Callable[[dict, DatasetSpec], T], report: RejectReport,
+                   max_samples: int | None, seed: int) -> list[T]:
+    """`convert` of each row of one dataset (its first max_samples rows; then num_samples, as LLaMA-Factory);
+    a row `convert` refuses with RowError goes to the report. Each item gets its `source` (`file:line`)."""
+    items = []
+    for row, source in islice(read_rows(spec.path, report), max_samples):
+        try:
+            item = convert(row, spec)
+        except RowError as err:
+            report.add(source, err, row)
+            continue
+        item.source = source
+        items.append(item)
+    if spec.num_samples is not None:
+        items = resample(items, int(spec.num_samples), random.Random(seed))
+    return items
+
+
 def read_conversations(
     spec: DatasetSpec, report: RejectReport, max_samples: int | None, seed: int
 ) -> list[Conversation]:
     """The conversations of one dataset (its first max_samples rows; then num_samples, as LLaMA-Factory)."""
-    convert = FORMATS[spec.formatting]
-    rows = read_rows(spec.path, report)
-    convs = []
-    for row, source in islice(rows, max_samples):
-        try:
-            conv = convert(row, spec)
-        except RowError as err:
-            report.add(source, err, row)
-            continue
-        conv.source = source
-        convs.append(conv)
-    if spec.num_samples is not None:
-        convs = resample(convs, int(spec.num_samples), random.Random(seed))
-    return convs
+    return read_converted(spec, FORMATS[spec.formatting], report, max_samples, seed)
 
 
 def mix_datasets(

@@ -10,10 +10,8 @@ empty_chosen / empty_rejected, overlong_pair (with data.overlong=reject; else bo
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from tasktune.config.schema import DataConfig
 from tasktune.data.collate import collate
 from tasktune.data.formats import FORMATS, _content, _json, _system, _tools
 from tasktune.data.messages import Conversation, Message, RowError
-from tasktune.data.pipeline import PreparedData, resample, split_val
+from tasktune.data.pipeline import PreparedData, read_converted, split_val
 from tasktune.data.registry import DatasetSpec, load_registry, resolve_dataset
 from tasktune.data.report import DataError, RejectReport
 from tasktune.data.sources import read_rows
@@ -182,22 +180,16 @@ def read_preference_rows(spec: DatasetSpec, report: RejectReport, max_samples: i
         convert = kto_row
     else:
         convert = pair_row
-    rows = []
-    for row, source in islice(read_rows(spec.path, report), max_samples):
-        try:
-            item = convert(row, spec)
-            if item.rejected is not None and item.chosen.strip() == item.rejected.strip():
-                raise RowError("identical_pair", "chosen and rejected are the same answer")
-            if not item.prompt or item.prompt[-1].role not in ("user", "tool"):
-                raise RowError("bad_turn_order", "the prompt must end on a user turn")
-        except RowError as err:
-            report.add(source, err, row)
-            continue
-        item.source = source
-        rows.append(item)
-    if spec.num_samples is not None:
-        rows = resample(rows, int(spec.num_samples), random.Random(seed))
-    return rows
+
+    def checked(row: dict, spec: DatasetSpec) -> PreferenceRow:
+        item = convert(row, spec)
+        if item.rejected is not None and item.chosen.strip() == item.rejected.strip():
+            raise RowError("identical_pair", "chosen and rejected are the same answer")
+        if not item.prompt or item.prompt[-1].role not in ("user", "tool"):
+            raise RowError("bad_turn_order", "the prompt must end on a user turn")
+        return item
+
+    return read_converted(spec, checked, report, max_samples, seed)
 
 
 def fit_pair_side(ids: list[int], labels: list[int], cutoff_len: int) -> tuple[list[int], list[int]]:

@@ -81,6 +81,7 @@ class Decoder:
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
         self.max_batch = max(1, max_batch)
         self.device = next(model.parameters()).device
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.waiting: list[Request] = []
         self._ended: list[Request] = []  # cancelled while waiting: reported by the next step
         self.batch: _Batch | None = None
@@ -200,7 +201,7 @@ class Decoder:
         batch = _Batch(list(rows), cache, mask, next_positions, torch.zeros(len(rows), dtype=torch.long))
         for r in rows:
             if r.constraint is not None:
-                r._next_mask = r.constraint.row_mask((), self._vocab_size(), torch.device("cpu"))
+                r._next_mask = r.constraint.row_mask((), self.vocab_size, torch.device("cpu"))
         batch.last = self._choose(logits, rows).to(self.device)
         return batch
 
@@ -247,14 +248,10 @@ class Decoder:
             r.finish_reason = "length"
             return
         if r.constraint is not None:
-            r._next_mask = r.constraint.row_mask(tuple(r.generated), self._vocab_size(), torch.device("cpu"))
+            r._next_mask = r.constraint.row_mask(tuple(r.generated), self.vocab_size, torch.device("cpu"))
             if _only_stops(r._next_mask, self.stop_ids):  # the output is complete: end it without another step
                 r.stop_token_seen = True
                 r.finish_reason = "stop"
-
-    def _vocab_size(self) -> int:
-        head = self.model.get_output_embeddings()
-        return head.weight.shape[0]
 
     # ---- batch bookkeeping ----------------------------------------------------------------------------
     def _join(self, new: _Batch) -> None:

@@ -1,5 +1,6 @@
 """Write the demo preference set: for each demo NER instruction row, the correct answer (chosen) against a
-corrupted one (rejected): an entity left out, a wrong type, or an invented entity added.
+corrupted one (rejected): an entity left out, a wrong type, or a word that is no entity bracketed as one
+(answers in the task's default inline format, `[mention|TYPE]`).
 
     .venv/bin/python scripts/make_preference_data.py [--data data/demo]
 
@@ -15,24 +16,28 @@ import json
 import random
 from pathlib import Path
 
+from tasktune.tasks.ner import Entity
+from tasktune.tasks.ner_formats import parse_inline, render, words
+
 SEED = 7
 TYPES = ("PER", "LOC", "ORG")
-INVENTED = {"PER": ["John Smith", "Anna Berg"], "LOC": ["Paris", "Berlin"], "ORG": ["Acme Corp", "Globex"]}
 
 
-def corrupt(entities: list[dict[str, str]], rng: random.Random) -> list[dict[str, str]]:
-    """A plausible wrong answer: drop one entity, change one type, or add an entity not in the text."""
-    kinds = ["add"] + (["drop", "retype"] if entities else [])
+def corrupt(text: str, entities: list[Entity], rng: random.Random) -> list[Entity]:
+    """A plausible wrong answer: drop one entity, change one type, or bracket a word outside the entities."""
+    free = [(a, b) for a, b in words(text) if text[a:b].isalpha() and all(b <= e.start or a >= e.end
+                                                                          for e in entities)]
+    kinds = (["add"] if free else []) + (["drop", "retype"] if entities else [])
     kind = rng.choice(kinds)
-    out = [dict(e) for e in entities]
+    out = list(entities)
     if kind == "drop":
         out.pop(rng.randrange(len(out)))
     elif kind == "retype":
-        item = out[rng.randrange(len(out))]
-        item["type"] = rng.choice([t for t in TYPES if t != item["type"]])
+        k = rng.randrange(len(out))
+        out[k] = Entity(rng.choice([t for t in TYPES if t != out[k].type]), out[k].text, out[k].start, out[k].end)
     else:
-        kind_type = rng.choice(TYPES)
-        out.insert(rng.randrange(len(out) + 1), {"type": kind_type, "text": rng.choice(INVENTED[kind_type])})
+        a, b = rng.choice(free)
+        out = sorted([*out, Entity(rng.choice(TYPES), text[a:b], a, b)], key=lambda e: e.start)
     return out
 
 
@@ -40,8 +45,9 @@ def preference_rows(rows: list[dict[str, str]], seed: int = SEED) -> list[dict[s
     rng = random.Random(seed)
     pairs = []
     for row in rows:
-        entities = json.loads(row["output"])
-        rejected = json.dumps(corrupt(entities, rng), ensure_ascii=False)
+        found = parse_inline(row["output"], row["input"], TYPES) or []
+        entities = [Entity(e["type"], e["text"], e["start"], e["end"]) for e in found]
+        rejected = render(row["input"], corrupt(row["input"], entities, rng), "inline")
         if rejected == row["output"]:
             continue
         pairs.append({"instruction": row["instruction"], "input": row["input"], "chosen": row["output"],

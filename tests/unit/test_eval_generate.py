@@ -17,7 +17,7 @@ from tasktune.tasks import ner
 
 WORDS = "the cat dog runs fast slow red blue green house tree river mountain city Paris Acme".split()
 LABELS = ["positive", "negative", "very negative", "very positive", "no"]
-NER_SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"])
+NER_SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"], ner_output_format="json")
 
 
 @pytest.fixture(scope="module")

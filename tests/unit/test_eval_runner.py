@@ -127,6 +127,13 @@ def test_each_task_writes_exactly_the_required_fields(task, tiny, tiny_llama_dir
         assert all(r["correct"] == (r["prediction"] == r["reference"]) for r in records)
         assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
         assert sum(map(sum, saved["confusion"]["matrix"])) == saved["n"]
+    elif task == "ner":  # inline by default, copy-constrained: even a random model's output is the row's text
+        assert saved["constrained"] is True
+        for record in records:
+            if record["prediction"] is not None:
+                assert all(record["input"][e["start"]:e["end"]] == e["text"] for e in record["prediction"])
+            else:  # only a reply cut by the token budget may fail to parse
+                assert len(record["output"]) < len(record["input"])
     else:  # the random model answers blank lines: unparsed, and a miss, never a crash
         assert saved["constrained"] is False and saved["parse_failure_rate"] == 1.0
         assert all(r["prediction"] is None for r in records)
@@ -160,7 +167,7 @@ def test_parsed_outputs_are_judged_and_unparsed_ones_are_misses(
     task, texts, predictions, correct, headline, tiny, tiny_llama_dir, data_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setattr("tasktune.evaluate.runner.generate_texts", fake_generation(texts))
-    cfg = make_cfg(tiny_llama_dir, data_dir, task, tmp_path / "run")
+    cfg = make_cfg(tiny_llama_dir, data_dir, task, tmp_path / "run", *(["task.ner_output_format=json"] * (task == "ner")))
     metrics = evaluate_task(cfg, *tiny, out_dir=tmp_path / "eval", progress=False)
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     assert [r["output"] for r in records] == texts
@@ -171,7 +178,8 @@ def test_parsed_outputs_are_judged_and_unparsed_ones_are_misses(
 
 
 def test_constrained_ner_outputs_json_and_never_crashes(tiny, tiny_llama_dir, data_dir, tmp_path):
-    cfg = make_cfg(tiny_llama_dir, data_dir, "ner", tmp_path / "run", "eval.constrained=true")
+    cfg = make_cfg(tiny_llama_dir, data_dir, "ner", tmp_path / "run", "eval.constrained=true",
+                   "task.ner_output_format=json")
     metrics = evaluate_task(cfg, *tiny, out_dir=tmp_path / "eval", progress=False)
     assert metrics["constrained"] is True and metrics["n"] == 3
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")

@@ -88,10 +88,20 @@ def test_target_logprobs_equal_log_softmax():
     assert target_logprobs(logits, targets, mask).tolist() == pytest.approx(expected, abs=1e-5)
 
 
-def test_generation_prefill_projects_one_position_per_row(tiny_gemma, smol_tokenizer):
+def test_generation_prefill_projects_one_position_per_row(tiny_gemma, smol_tokenizer, monkeypatch):
     from tasktune.evaluate.generate import generate_texts
+    from tasktune.model.decode import Decoder
 
+    projected: list[int] = []  # rows the decoder projects itself (it applies the output embedding for Gemma 3)
+    own = Decoder._logits
+
+    def counted(self, out, ids=None):
+        projected.append(out.shape[0])
+        return own(self, out, ids)
+
+    monkeypatch.setattr(Decoder, "_logits", counted)
     prompts = [[{"role": "user", "content": "A fairly long prompt about the weather in Oslo " * 3}]] * 2
     with RowsIntoHead(tiny_gemma) as head:
         generate_texts(tiny_gemma, smol_tokenizer, prompts, max_new_tokens=3, batch_size=2, progress=False)
-    assert head.rows and max(head.rows) <= 2  # each forward: at most the last position of each row
+    seen = head.rows + projected
+    assert seen and max(seen) <= 2  # each forward: at most the last position of each row

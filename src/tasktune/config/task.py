@@ -48,10 +48,11 @@ class TaskConfig:
     """Column with the input text; default: text (ner), source (mt), text/sentence/text_a/... (classify)."""
     label_field: str | None = None
     """Column holding the label (classify); default: label."""
-    ner_output_format: str = "json"
-    """Generative NER answer: json (`[{"type", "text"}]` in order of appearance) | inline (the text copied with
-    `[mention|TYPE]` brackets; decoding can be constrained to copying) | tagged-words (GNER-style `word(B-TYPE)`,
-    `word(O)` for every word). Every answer is placed on the input's characters and scored span-exact."""
+    ner_output_format: str = "inline"
+    """Generative NER answer: inline (the text copied with `[mention|TYPE]` brackets, decoding constrained to
+    copying; the measured best, see the README) | json (`[{"type", "text"}]` in order of appearance) |
+    tagged-words (GNER-style `word(B-TYPE)`, `word(O)` for every word). Every answer is placed on the input's
+    characters and scored span-exact."""
     tag_scheme: str = "auto"
     """Tag scheme of CoNLL/BIO token files: auto | iob1 | iob2 | bioes."""
     instruction: str | None = None

@@ -71,9 +71,13 @@ class SuffixConstraint(LogitsProcessor):
     def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:
         raise NotImplementedError
 
-    def row_mask(self, generated: tuple[int, ...], vocab: int, device: torch.device) -> torch.Tensor:
-        """The boolean mask of tokens allowed after `generated` (model/decode.py's RowConstraint)."""
-        return self._mask(self.allowed(generated), vocab, device)
+    def row_allowed(self, generated: tuple[int, ...], vocab: int) -> list[int] | torch.Tensor:
+        """The tokens allowed after `generated` (model/decode.py's RowConstraint): sorted ids (the stop ids
+        when nothing is left), or a boolean mask where the constraint keeps a bitmask."""
+        allowed = self.allowed(generated)
+        if isinstance(allowed, torch.Tensor):
+            return self._mask(allowed, vocab, torch.device("cpu"))
+        return sorted({t for t in allowed if t < vocab}) or sorted(self.stop_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         keep = torch.ones_like(scores, dtype=torch.bool)

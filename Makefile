@@ -42,6 +42,12 @@ $(GGUF_TOOLS)/.llama-cpp-python-$(LLAMA_CPP_PYTHON):
 	tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(GGUF_TOOLS) --strip-components=3 \
 	  $(addprefix $(LLAMA_CPP_SRC)/,LICENSE convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py)
 	touch $@
+
+# llama.cpp compiled for this CPU (llama-cpp-python): `tasktune chat --backend llama.cpp`, q4_k_m export,
+# GGUF rows of `tasktune compress` and the llama.cpp rows of the benchmarks. Optional: ~7 min on 2 cores.
+.PHONY: llamacpp
+llamacpp: $(STAMP)
+	$(BIN)/pip install -q "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
 # -------------------------------------------------------------------------------------------------------------
 
 demo: $(STAMP)

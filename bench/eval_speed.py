@@ -2,16 +2,20 @@
 
 Rows (each printed with its ratio against the baseline of its group, all measured in this invocation):
 
-  eval (the demo NER dev set, greedy, max 64 new tokens, batch 16, the untuned SmolLM2):
-    hf-generate   a plain batched `model.generate` loop in fp32, left padding, longest first (the baseline)
+  eval (the demo NER dev set, greedy, max 64 new tokens, batch 64, the demo's tuned adapter: out/demo/adapter
+  after `make demo`, or --adapter; --adapter none scores the untuned SmolLM2):
+    hf-generate   a plain batched `model.generate` loop in fp32 (adapter merged), left padding, longest first
+                  (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
-                  prompt prefix encoded once
-    lf-predict    LLaMA-Factory `do_predict` on the same prompts, when .bench/lf-venv exists
-                  (bench/setup_llamafactory.sh); otherwise the row says it was skipped
+                  prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens
+    lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), when .bench/lf-venv
+                  exists (bench/setup_llamafactory.sh); otherwise the row says it was skipped
   single stream (one chat prompt, 64 new tokens, the same thread count):
     hf-stream     transformers `generate` in fp32, batch 1 (the baseline)
     tasktune      model.generate.stream_chat (bf16, the decoding core)
-    llama.cpp     llama-cpp-python on the packaged GGUF, when it is installed
+    tt-llama.cpp  `tasktune chat --backend llama.cpp`: the model exported to GGUF q8_0 by tasktune (cached),
+                  decoded by llama-cpp-python, when it is installed (`make llamacpp`)
+    llama.cpp     llama-cpp-python on the packaged GGUF (Q4_1), when it is installed
   housekeeping (rows that were timed asserts in the test suite):
     resolve       a second `resolve_model_dir("smollm2-135m-instruct")` (a no-op when converted)
     cli-eval      `tasktune eval` of 20 SST-2 dev sentences, constrained labels, wall time (needs ../shared)
@@ -68,7 +72,7 @@ def hf_generate_loop(model, tokenizer, prompts, max_new: int, batch: int) -> flo
     return time.perf_counter() - started
 
 
-def lf_predict(prompts, tokenizer, max_new: int, batch: int) -> float | None:
+def lf_predict(prompts, tokenizer, max_new: int, batch: int, adapter: str | None) -> float | None:
     """Seconds of LLaMA-Factory's do_predict (its own `predict_runtime`) on the same prompts, or None."""
     cli = LF_VENV / "bin" / "llamafactory-cli"
     if not cli.exists():
@@ -86,6 +90,7 @@ def lf_predict(prompts, tokenizer, max_new: int, batch: int) -> float | None:
             "finetuning_type: lora", f"dataset_dir: {data}", "eval_dataset: rows", "template: smollm2",
             "cutoff_len: 1024", f"max_new_tokens: {max_new}", "do_sample: false", "predict_with_generate: true",
             f"per_device_eval_batch_size: {batch}", f"output_dir: {data / 'out'}", "report_to: none",
+            *([f"adapter_name_or_path: {Path(adapter).resolve()}"] if adapter else []),
         ]))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
         done = subprocess.run([str(cli), "train", str(config)], env=env, capture_output=True, text=True)
@@ -111,9 +116,16 @@ def single_stream(model_fp32, model_bf16, tokenizer, max_new: int) -> dict[str, 
     pieces = list(stream_chat(model_bf16, tokenizer, CHAT, max_new_tokens=max_new))
     tokens = len(tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
     tt = tokens / (time.perf_counter() - started)
-    llama = None
+    llama = ours = None
     try:
         from llama_cpp import Llama
+
+        from tasktune.serve.llamacpp import LlamaCppChat
+
+        backend = LlamaCppChat("smollm2-135m-instruct", threads=torch.get_num_threads())
+        started = time.perf_counter()
+        text = "".join(backend.stream_chat(CHAT, max_new_tokens=max_new))
+        ours = len(tokenizer(text, add_special_tokens=False)["input_ids"]) / (time.perf_counter() - started)
 
         from tasktune.model.convert import SMOLLM2_GGUF, package_dir
 
@@ -123,7 +135,7 @@ def single_stream(model_fp32, model_bf16, tokenizer, max_new: int) -> dict[str, 
         llama = reply["usage"]["completion_tokens"] / (time.perf_counter() - started)
     except ImportError:
         pass
-    return {"hf-stream": hf, "tasktune": tt, "llama.cpp": llama}
+    return {"hf-stream": hf, "tasktune": tt, "tt-llama.cpp": ours, "llama.cpp": llama}
 
 
 def housekeeping() -> dict[str, float | None]:
@@ -151,7 +163,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-new", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--adapter", default=str(ROOT / "out" / "demo" / "adapter"),
+                        help="adapter scored in the eval rows (default: the one `make demo` trains); none: untuned")
     parser.add_argument("--skip-lf", action="store_true")
     args = parser.parse_args()
 
@@ -165,8 +179,13 @@ def main() -> None:
     print(f"threads {threads}; load average before: {os.getloadavg()[0]:.2f}")
     cfg, spec, rows, prompts = demo_prompts(args.rows)
     cfg.eval.batch_size, cfg.eval.max_new_tokens = args.batch, args.max_new
-    fp32 = load_model(cfg.model, torch.float32)
-    bf16 = load_model(cfg.model, inference_dtype("auto"))
+    adapter = None if args.adapter == "none" else args.adapter
+    if adapter and not Path(adapter).is_dir():
+        sys.exit(f"{adapter}: no adapter there (run `make demo` first, or pass --adapter none)")
+    cfg.model.adapter = adapter
+    fp32, bf16 = load_model(cfg.model, torch.float32), load_model(cfg.model, inference_dtype("auto"))
+    if adapter:  # merged, as `tasktune eval` does
+        fp32, bf16 = fp32.merge_and_unload(), bf16.merge_and_unload()
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": []}
     stream: dict[str, list[float]] = {}
@@ -183,11 +202,12 @@ def main() -> None:
         for name, value in single_stream(fp32, bf16, tokenizer, args.max_new).items():
             if value is not None:
                 stream.setdefault(name, []).append(value)
-    lf = None if args.skip_lf else lf_predict(prompts, tokenizer, args.max_new, args.batch)
+    lf = None if args.skip_lf else lf_predict(prompts, tokenizer, args.max_new, args.batch, adapter)
 
     n = len(prompts)
     base = statistics.median(eval_s["hf-generate"])
-    print(f"\neval: {n} demo NER dev rows, greedy, max {args.max_new} new tokens, batch {args.batch}")
+    print(f"\neval: {n} demo NER dev rows, greedy, max {args.max_new} new tokens, batch {args.batch}, "
+          f"{'adapter ' + adapter if adapter else 'untuned model'}")
     print(f"{'run':<14}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
     for name, values in eval_s.items():
         s = statistics.median(values)
@@ -197,14 +217,14 @@ def main() -> None:
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
     else:
         print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
-    print(f"tasktune entity F1 of the untuned model on these rows: {f1}")
+    print(f"tasktune entity F1 on these rows: {f1}")
     print(f"\nsingle stream, {args.max_new} new tokens, {threads} threads")
     print(f"{'run':<14}{'tokens/s':>9}{'vs hf':>8}")
     hf = statistics.median(stream["hf-stream"])
     for name, values in stream.items():
         print(f"{name:<14}{statistics.median(values):9.1f}{statistics.median(values) / hf:8.2f}x")
     if "llama.cpp" not in stream:
-        print("llama.cpp     skipped (pip install -e .[gguf-run] builds llama-cpp-python)")
+        print("llama.cpp     skipped (`make llamacpp` builds llama-cpp-python)")
     print("\nhousekeeping (formerly timed asserts in tests)")
     for name, value in housekeeping().items():
         print(f"{name:<14}{'skipped (no ../shared)' if value is None else f'{value:.2f} s'}")

@@ -24,6 +24,32 @@ def set_wait_policy() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+MMAP_THRESHOLD_ENV = "TASKTUNE_MMAP_THRESHOLD"
+"""Bytes from which glibc serves an allocation with mmap (returned to the system when freed); 0 leaves
+glibc's own adaptive threshold."""
+DEFAULT_MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_memory() -> int:
+    """Make glibc hand large freed blocks back to the system: a fixed mmap threshold of 1 MiB instead of its
+    adaptive one, which climbs to 32 MiB after the first large frees and then keeps tensors of up to that size
+    on the heap, where freed activations linger in the process's resident memory (peak RSS). Returns the
+    threshold set (0: unchanged; not glibc, or $TASKTUNE_MMAP_THRESHOLD=0)."""
+    value = os.environ.get(MMAP_THRESHOLD_ENV, "").strip()
+    threshold = int(value) if value.isdigit() else DEFAULT_MMAP_THRESHOLD
+    if threshold <= 0 or not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold = -3
+        return threshold if libc.mallopt(m_mmap_threshold, threshold) == 1 else 0
+    except (OSError, AttributeError):  # not glibc
+        return 0
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), at least 1."""
     try:

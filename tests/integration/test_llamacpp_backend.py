@@ -28,9 +28,9 @@ def monkeypatch_module():
 
 
 def test_gguf_backend_answers_like_the_torch_engine_and_exports_once(home, smollm2_dir):
+    from tasktune.config.schema import ModelConfig
     from tasktune.model.generate import chat_once
     from tasktune.model.load import load_model, load_tokenizer
-    from tasktune.config.schema import ModelConfig
     from tasktune.serve.llamacpp import LlamaCppChat, cached_gguf
 
     backend = LlamaCppChat(str(smollm2_dir))

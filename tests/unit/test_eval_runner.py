@@ -167,7 +167,8 @@ def test_parsed_outputs_are_judged_and_unparsed_ones_are_misses(
     task, texts, predictions, correct, headline, tiny, tiny_llama_dir, data_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setattr("tasktune.evaluate.runner.generate_texts", fake_generation(texts))
-    cfg = make_cfg(tiny_llama_dir, data_dir, task, tmp_path / "run", *(["task.ner_output_format=json"] * (task == "ner")))
+    json_ner = ["task.ner_output_format=json"] if task == "ner" else []
+    cfg = make_cfg(tiny_llama_dir, data_dir, task, tmp_path / "run", *json_ner)
     metrics = evaluate_task(cfg, *tiny, out_dir=tmp_path / "eval", progress=False)
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     assert [r["output"] for r in records] == texts

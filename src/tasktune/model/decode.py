@@ -92,7 +92,8 @@ class Decoder:
         self.head = model.get_output_embeddings()
         self.vocab_size = self.head.weight.shape[0]
         config = getattr(model, "config", None)
-        self._own_head = (type(self.head) is torch.nn.Linear and getattr(config, "model_type", None) in PLAIN_HEAD_MODELS
+        self._own_head = (type(self.head) is torch.nn.Linear
+                          and getattr(config, "model_type", None) in PLAIN_HEAD_MODELS
                           and getattr(config, "final_logit_softcapping", None) is None)
         self.waiting: list[Request] = []
         self._ended: list[Request] = []  # cancelled while waiting: reported by the next step

@@ -49,6 +49,6 @@ def test_chat_cli_runs_on_the_backend(home, smollm2_dir):
     from tasktune.serve.chat import run_chat
 
     out = io.StringIO()
-    assert run_chat(str(smollm2_dir), None, "What is the capital of France?", max_new_tokens=12, output=out,
+    assert run_chat(str(smollm2_dir), None, QUESTION[0]["content"], max_new_tokens=12, output=out,
                     backend="llama.cpp") == 0
     assert "Paris" in out.getvalue()

@@ -93,6 +93,7 @@ def test_magnitude_gguf_and_a_failing_method(tiny_llama_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(compress_run, "quantize_variant", nf4_fails)
     monkeypatch.setattr(quantize, "export_gguf", fake_gguf)
+    monkeypatch.setattr("tasktune.evaluate.gguf.llama_cpp_installed", lambda: False)  # size only, as in CI
     monkeypatch.setattr(measure, "peak_rss", lambda path, kind: {"peak_rss_bytes": 7, "rss_before_load_bytes": 5})
     result = compress_run.run_compress(_config(tiny_llama_dir, tmp_path, "compress.methods=[nf4, magnitude, gguf-q8_0]",
                                                "compress.measure_memory=true"))
@@ -102,6 +103,25 @@ def test_magnitude_gguf_and_a_failing_method(tiny_llama_dir, tmp_path, monkeypat
     assert base["peak_rss_bytes"] == magnitude["peak_rss_bytes"] == 7 and "peak_rss_bytes" not in gguf
     assert gguf["bytes"] == 104 and gguf["metric_value"] is None and "not scored" in gguf["notes"][0]
     assert (tmp_path / "compress" / "gguf-q8_0" / "model-q8_0.gguf").is_file()
+
+
+def test_gguf_variant_is_scored_through_llama_cpp(tiny_llama_dir, tmp_path):
+    """With llama-cpp-python installed (`make llamacpp`), a GGUF variant is exported for real and scored
+    on the same rows through llama.cpp; its predictions file holds one reply per row."""
+    pytest.importorskip("llama_cpp")
+    from tasktune.compress import run as compress_run
+    from tasktune.export.gguf import find_converter
+
+    try:
+        find_converter()
+    except FileNotFoundError:
+        pytest.skip("llama.cpp's converter is not installed (make gguf-tools)")
+    result = compress_run.run_compress(_config(tiny_llama_dir, tmp_path, "compress.methods=[gguf-q8_0]"))
+    base, gguf = result["rows"]
+    assert gguf["kind"] == "gguf" and gguf["metric_value"] is not None and gguf["generate_tokens_per_s"] > 0
+    assert gguf["examples_per_s"] > 0 and "llama.cpp" in gguf["notes"][0]
+    predictions = (tmp_path / "compress" / "scores" / "gguf-q8_0" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 2  # compress.eval_limit
 
 
 def test_peak_rss_is_measured_in_a_fresh_process(tiny_llama_dir):

@@ -7,11 +7,11 @@ is installed. GGUF files come from the export path (llama.cpp's converter); scor
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from tasktune.compress.variant import Variant
+from tasktune.evaluate import gguf as gguf_eval
 from tasktune.export.gguf import export_gguf
 from tasktune.export.quantize import quantize_int8, torchao_version
 
@@ -82,15 +82,14 @@ def nf4(float_dir: Path, out_dir: Path) -> Variant:
 
 
 def gguf(float_dir: Path, out_dir: Path, gguf_type: str) -> Variant:
-    """The GGUF file (llama.cpp's converter); scored only where llama-cpp-python is installed."""
+    """The GGUF file (llama.cpp's converter); scored (through llama.cpp) where llama-cpp-python is installed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = export_gguf(float_dir, out_dir / f"model-{gguf_type}.gguf", gguf_type, name=out_dir.name)
     variant = Variant(f"gguf-{gguf_type}", out_dir, kind="gguf", details={"file": target.name})
-    if importlib.util.find_spec("llama_cpp") is None:
-        variant.notes.append("not scored: llama-cpp-python is not installed (pip install -e .[gguf-run]); "
-                             "size only")
+    if not gguf_eval.llama_cpp_installed():
+        variant.notes.append("not scored: llama-cpp-python is not installed (`make llamacpp`); size only")
     else:
-        variant.notes.append("not scored: scoring GGUF files through llama.cpp is not wired into compress yet")
+        variant.notes.append("scored through llama.cpp: one row at a time, decoding unconstrained")
     return variant
 
 

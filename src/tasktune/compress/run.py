@@ -33,6 +33,7 @@ from tasktune.compress.variant import Variant
 from tasktune.config.compress import PRUNE_METHODS, QUANTIZE_METHODS
 from tasktune.config.schema import Config, ConfigError, ModelConfig
 from tasktune.config.task import TaskConfig
+from tasktune.evaluate import gguf as gguf_eval
 from tasktune.evaluate.runner import eval_model_config, load_eval_rows, metric_for_best, task_spec
 from tasktune.export.merge import load_merged, save_model_dir
 from tasktune.model.load import load_model, load_tokenizer
@@ -84,10 +85,12 @@ class Scorer:
         if variant.skipped or variant.path is None:
             return row
         row["bytes"] = measure.bytes_on_disk(variant.path)
-        if variant.kind == "gguf":
+        if variant.kind == "gguf" and (not gguf_eval.llama_cpp_installed() or self.tokenizer is None):
             return row
         started = time.perf_counter()
-        if variant.kind == "head":
+        if variant.kind == "gguf":
+            metrics = self._score_gguf(variant, row)
+        elif variant.kind == "head":
             metrics = self._score_head(variant, row)
         else:
             metrics = self._score_llm(variant, row)
@@ -95,7 +98,7 @@ class Scorer:
         row["parse_failure_rate"] = metrics.get("parse_failure_rate")
         row["examples_per_s"] = metrics.get("examples_per_s")
         row["score_seconds"] = round(time.perf_counter() - started, 2)
-        if self.cfg.compress.measure_memory:
+        if self.cfg.compress.measure_memory and variant.kind != "gguf":
             row.update(measure.peak_rss(variant.path, variant.kind))
         if row["bytes"] > BIG_MODEL_BYTES:
             gc.collect()  # a freed model held by reference cycles would inflate the next variant's memory
@@ -118,6 +121,23 @@ class Scorer:
                                 progress=False, model_description=f"compress variant {variant.name}")
         del model
         return metrics
+
+    def _score_gguf(self, variant: Variant, row: dict[str, Any]) -> dict[str, Any]:
+        """The GGUF file run by llama.cpp: same rows, prompts and timing prompt as the torch variants."""
+        from tasktune.evaluate.runner import evaluate_task
+
+        assert variant.path is not None and self.prompt is not None
+        generate = gguf_eval.gguf_generator(variant.path / variant.details["file"])
+        llm, ids, new = generate.llm, self.prompt[0].tolist(), self.cfg.compress.speed_new_tokens
+        best = float("inf")
+        for _ in range(self.cfg.compress.speed_repeats):
+            started = time.perf_counter()
+            reply = llm.create_completion(ids, max_tokens=new, temperature=0.0, top_k=1)
+            best = min(best, (time.perf_counter() - started) / max(1, reply["usage"]["completion_tokens"]))
+        row["generate_tokens_per_s"] = 1.0 / best
+        return evaluate_task(self.cfg, None, self.tokenizer, rows=self.rows, out_dir=self.scores_of(variant),
+                             progress=False, model_description=f"compress variant {variant.name} (llama.cpp)",
+                             generator=generate)
 
     def scores_of(self, variant: Variant) -> Path:
         return self.scores_dir / variant.name.replace(":", "_")

@@ -193,8 +193,12 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
 
 
-def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], progress: bool = True) -> Scored:
-    """Generate (or pick by log-likelihood) an answer for every row, parse it and score the lot."""
+def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], progress: bool = True,
+            generator: Callable[..., Any] | None = None) -> Scored:
+    """Generate (or pick by log-likelihood) an answer for every row, parse it and score the lot.
+
+    generator: replaces `generate_texts` (same signature), e.g. `evaluate.gguf.gguf_generator`; it decodes
+    without the task's constraint."""
     task = get_task(spec.name)
     conversations = [task.to_messages(row, spec) for row in rows]
     prompts = [_prompt(c.as_dicts()) for c in conversations]
@@ -206,8 +210,9 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
         result = score_choices(model, tokenizer, prompts, list(spec.labels), cfg.eval.batch_size, progress)
         texts, seconds, tokens, truncated = [spec.labels[k] for k in result.choices], result.seconds, 0, 0
     else:
-        constraint = _constraint(cfg, spec, rows)
-        generated = generate_texts(model, tokenizer, prompts, budget, cfg.eval.batch_size, constraint, progress)
+        constraint = _constraint(cfg, spec, rows) if generator is None else None
+        generated = (generator or generate_texts)(model, tokenizer, prompts, budget, cfg.eval.batch_size,
+                                                  constraint, progress)
         texts, seconds = generated.texts, generated.seconds
         tokens, truncated = generated.generated_tokens, sum(generated.truncated)
     predictions = [task.parse(text, row, spec) for text, row in zip(texts, rows, strict=True)]
@@ -234,8 +239,10 @@ def evaluate_task(
     out_dir: str | Path | None = None,
     progress: bool = True,
     model_description: str | None = None,
+    generator: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Score `model` on the task's eval.split rows (or `rows`); print the report and return the metrics.
+    `generator` replaces the generation core (see `predict`).
 
     With out_dir: writes predictions.jsonl, metrics.json, config.yaml (labels resolved) and, for classify,
     confusion.png there.
@@ -246,7 +253,7 @@ def evaluate_task(
         rows, rejected = load_eval_rows(cfg, spec, rejected_path=Path(out_dir) / "rejected.jsonl" if out_dir else None)
     if not rows:
         raise DataError(f"no valid rows to score in the {cfg.eval.split} split")
-    scored = predict(cfg, spec, model, tokenizer, rows, progress)
+    scored = predict(cfg, spec, model, tokenizer, rows, progress, generator)
     n = len(rows)
     metrics = {
         "task": spec.name,

@@ -23,7 +23,7 @@ from tasktune.config.load import config_to_dict, save_config
 from tasktune.config.schema import Config, ConfigError
 from tasktune.data.pipeline import PreparedData
 from tasktune.model.load import load_tokenizer
-from tasktune.runtime import configure_threads, resolve_precision
+from tasktune.runtime import configure_threads, release_freed_memory, resolve_precision
 from tasktune.train.checkpoint import (
     TrainerState,
     load_checkpoint,
@@ -245,6 +245,8 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if accelerator.device.type == "cpu":
+            release_freed_memory()
         state.global_step += 1
         step_loss = accelerator.reduce(step_loss, "sum")
         window_tokens += int(counts[1])

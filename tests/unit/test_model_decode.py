@@ -78,3 +78,26 @@ def test_a_request_cancelled_while_waiting_is_reported_by_the_next_step(tiny):
     assert waiting in finished and waiting.finish_reason == "cancelled" and not waiting.generated
     decoder.run([])
     assert running.done and len(running.generated) <= 4
+
+
+def test_allowed_token_scoring_equals_full_logits_and_takes_fp32_hidden_states(tiny_llama_dir):
+    """The decoder applies the output embedding itself: over a subset of ids it gives the same logits as the
+    model's own head, and a training model's fp32 hidden states meet a bf16 head without autocast."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    decoder = Decoder(model, [2], 0)
+    assert decoder._own_head
+    hidden = torch.randn(3, model.config.hidden_size)
+    ids = [5, 17, 400, 1200]
+    with torch.no_grad():
+        full = model.lm_head(hidden)
+        torch.testing.assert_close(decoder._logits(hidden, ids), full[:, ids])
+        torch.testing.assert_close(decoder._logits(hidden), full)
+        half = copy.deepcopy(model)
+        half.lm_head.weight = torch.nn.Parameter(half.lm_head.weight.detach().to(torch.bfloat16))
+        scored = Decoder(half, [2], 0)._logits(hidden, ids)  # fp32 in, bf16 weight: no dtype error
+    assert scored.dtype == torch.float32
+    torch.testing.assert_close(scored, full[:, ids], rtol=0.05, atol=0.05)

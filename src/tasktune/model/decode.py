@@ -180,7 +180,8 @@ class Decoder:
             index = torch.tensor(ids, device=weight.device)
             weight = weight.index_select(0, index)
             bias = None if bias is None else bias.index_select(0, index)
-        return torch.nn.functional.linear(out, weight, bias).float()
+        # a training model's last norm may hand over fp32 hidden states to a bf16 head (no autocast here)
+        return torch.nn.functional.linear(out.to(weight.dtype), weight, bias).float()
 
     def _adapter_names(self, rows: Sequence[Request]) -> list[str] | None:
         if not self._peft or all(r.adapter is None for r in rows):

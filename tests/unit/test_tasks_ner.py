@@ -14,7 +14,7 @@ from tasktune.tasks import bio, ner
 from tasktune.tasks import ner_formats as formats
 from tasktune.tasks.ner import Entity, NerRow
 
-SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"])
+SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"], ner_output_format="json")
 
 
 def write_jsonl(path, rows):
@@ -184,7 +184,7 @@ def test_bio_decode_encode_round_trip_and_lenient_default():
 
 def test_to_messages_lists_types_and_writes_entities_in_order_of_appearance():
     r = NerRow("x", "f:1", "北京的李雷", [Entity("PER", "李雷", 3, 5), Entity("LOC", "北京", 0, 2)])
-    spec = TaskConfig(name="ner", labels=["PER", "LOC"], label_descriptions={"PER": "person"})
+    spec = TaskConfig(name="ner", labels=["PER", "LOC"], label_descriptions={"PER": "person"}, ner_output_format="json")
     conv = ner.to_messages(r, spec)
     conv.check()
     user, assistant = conv.messages

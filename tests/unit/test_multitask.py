@@ -154,3 +154,21 @@ def test_one_adapter_trains_on_the_mixture_and_logs_each_task(tiny_llama_dir, tm
     assert result.best_step == 2 and result.best_metric == logged[0]["eval_mean"]
     assert json.loads((out / "best" / "best.json").read_text())["step"] == 2
     assert [t.alias or t.name for t in load_config(out / "config.yaml").tasks] == ["ner", "sentiment", "qa"]
+
+
+def test_resume_fingerprint_names_the_tasks_and_their_mixture():
+    """A checkpoint of a multi-task run cannot be resumed with other tasks or another mixing weight."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tasktune.train.checkpoint import run_fingerprint
+    from tasktune.train.state_io import fingerprint_differences
+
+    plan = SimpleNamespace(seed=0, batch_size=2, grad_accum=1, world_size=1, lengths=[10, 12])
+    model = torch.nn.Linear(2, 2)
+    saved = run_fingerprint(_demo(), model, plan)
+    assert saved["tasks"] == ["ner/generate*1.0", "classify/generate*0.5", "qa/generate*1.0"]
+    assert fingerprint_differences(saved, run_fingerprint(_demo(), model, plan)) == []
+    changed = fingerprint_differences(saved, run_fingerprint(_demo("tasks.1.weight=2"), model, plan))
+    assert len(changed) == 1 and "tasks" in changed[0]

@@ -228,4 +228,6 @@ def run_fingerprint(cfg, model: torch.nn.Module, plan) -> dict[str, Any]:
         fingerprint["freeze_trainable_layers"] = tc.freeze_trainable_layers
     if cfg.task.name:
         fingerprint["task"] = f"{cfg.task.name}/{cfg.task.method}"
+    if cfg.tasks:  # a multi-task run: which tasks, in which mixture
+        fingerprint["tasks"] = [f"{t.name}/{t.method}*{t.weight}" for t in cfg.tasks]
     return fingerprint

@@ -32,6 +32,8 @@ ROWS = [
 
 def markdown(report: dict) -> str:
     """The report as a Markdown table (one row per variant, ratios against the first row)."""
+    from tasktune.compress.report import speedup_of
+
     metric = report["metric"]
     lines = [f"| variant | params | MB on disk | size | peak RSS MB | examples/s | gen tok/s | speed | {metric} | "
              "delta |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -43,7 +45,7 @@ def markdown(report: dict) -> str:
         if row.get("skipped"):
             lines.append(f"| {row['variant']} | skipped: {row['notes'][0][:80]} |||||||||")
             continue
-        speed = row["generate_speedup"] if row["kind"] == "llm" else row["examples_per_s_ratio"]
+        speed = speedup_of(row)
         rss = row.get("peak_rss_bytes")
         lines.append(
             f"| {row['variant']} | {num(row.get('params') and row['params'] / 1e6, '.1f', 'M')} | "

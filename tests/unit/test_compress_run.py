@@ -173,3 +173,22 @@ def test_cli_has_the_compress_subcommand():
 
     args = build_parser().parse_args(["compress", "examples/compress-demo.yaml", "compress.eval_limit=5"])
     assert args.func.__name__ == "cmd_compress" and args.overrides == ["compress.eval_limit=5"]
+
+
+def test_report_compares_llms_and_gguf_by_generated_tokens_and_heads_by_examples():
+    from tasktune.compress.report import annotate, speedup_of
+
+    rows = annotate([
+        {"variant": "uncompressed", "kind": "llm", "bytes": 100, "examples_per_s": 4.0, "generate_tokens_per_s": 10.0,
+         "metric_value": 0.9, "notes": []},
+        {"variant": "gguf-q8_0", "kind": "gguf", "bytes": 27, "examples_per_s": 1.0, "generate_tokens_per_s": 33.0,
+         "metric_value": 0.9, "notes": []},
+        {"variant": "int8-dynamic", "kind": "llm", "bytes": 41, "examples_per_s": 3.0, "generate_tokens_per_s": 5.0,
+         "metric_value": 0.8, "notes": []},
+        {"variant": "distill-head", "kind": "head", "bytes": 17, "examples_per_s": 100.0, "metric_value": 0.85,
+         "notes": []},
+    ])  # fmt: skip
+    assert [speedup_of(r) for r in rows] == pytest.approx([1.0, 3.3, 0.5, 25.0])
+    assert rows[1]["notes"] == ["faster on this machine: x3.30"]
+    assert rows[2]["notes"][0].startswith("saves disk (x0.41 of the bytes) but not time")
+    assert rows[3]["metric_delta"] == pytest.approx(-0.05)

@@ -20,8 +20,13 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def speed_of(row: dict[str, Any]) -> float | None:
-    """The speed a row is compared by: generated tokens/s for LLMs, examples/s for heads."""
-    return row.get("generate_tokens_per_s") if row["kind"] == "llm" else row.get("examples_per_s")
+    """The speed a row is compared by: generated tokens/s for LLMs and GGUF files, examples/s for heads."""
+    return row.get("examples_per_s") if row["kind"] == "head" else row.get("generate_tokens_per_s")
+
+
+def speedup_of(row: dict[str, Any]) -> float | None:
+    """`speed_of` the row against the uncompressed model (set by `annotate`)."""
+    return row.get("examples_per_s_ratio") if row["kind"] == "head" else row.get("generate_speedup")
 
 
 def annotate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -35,7 +40,7 @@ def annotate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["metric_delta"] = value - reference if value is not None and reference is not None else None
         if row is base or row.get("skipped"):
             continue
-        speedup = row["generate_speedup"] if row["kind"] == "llm" else row["examples_per_s_ratio"]
+        speedup = speedup_of(row)
         size = row["size_ratio"]
         if row.get("details", {}).get("sparsity") is not None:
             row["notes"].append("zeros are stored dense: sparsity saves neither disk nor time here without a "
@@ -64,7 +69,7 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{row['variant']:24s} skipped: {row['notes'][0] if row['notes'] else ''}")
             continue
         rss, params, size = row.get("peak_rss_bytes"), row.get("params"), row.get("bytes")
-        speed = row["generate_speedup"] if row["kind"] == "llm" else row["examples_per_s_ratio"]
+        speed = speedup_of(row)
         lines.append(
             f"{row['variant']:24s} {_num(params and params / 1e6, '8.1f', 'M'):>9s} "
             f"{_num(size and size / 1e6, '8.1f'):>8s} {_num(row['size_ratio'], '5.2f', 'x'):>6s} "
@@ -78,8 +83,9 @@ def format_table(report: dict[str, Any]) -> str:
     if check:
         lines.append(f"speed noise: the uncompressed model generated {check['first']:.1f} tok/s first and "
                      f"{check['last']:.1f} tok/s at the end of this run")
-    lines.append("speed: generated tokens/s (LLMs) or examples/s (heads) against the uncompressed model; RSS: peak "
-                 "memory of a fresh process that loads the variant and runs it once (Python and torch included)")
+    lines.append("speed: generated tokens/s (LLMs, GGUF) or examples/s (heads) against the uncompressed model; "
+                 "RSS: peak memory of a fresh process that loads the variant and runs it once (Python and torch "
+                 "included)")
     return "\n".join(lines)
 
 
@@ -95,7 +101,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
 
     fig, (size_ax, speed_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for row in points:
-        speed = row["generate_speedup"] if row["kind"] == "llm" else row["examples_per_s_ratio"]
+        speed = speedup_of(row)
         marker = "*" if row is report["rows"][0] else "o"
         size_ax.scatter(row["bytes"] / 1e6, row["metric_value"], marker=marker, s=80)
         size_ax.annotate(row["variant"], (row["bytes"] / 1e6, row["metric_value"]), fontsize=8,
@@ -104,11 +110,11 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
             speed_ax.scatter(speed, row["metric_value"], marker=marker, s=80)
             speed_ax.annotate(row["variant"], (speed, row["metric_value"]), fontsize=8, xytext=(4, 4),
                               textcoords="offset points")
-    speeds = [s for r in points if (s := r["generate_speedup"] if r["kind"] == "llm" else r["examples_per_s_ratio"])]
+    speeds = [s for r in points if (s := speedup_of(r))]
     if speeds and max(speeds) / min(speeds) > 20:  # a head next to LLMs: ratios over two orders of magnitude
         speed_ax.set_xscale("log")
     size_ax.set_xlabel("weights on disk (MB)")
-    speed_ax.set_xlabel("speed vs uncompressed (LLMs: generated tok/s; heads: examples/s)")
+    speed_ax.set_xlabel("speed vs uncompressed (LLMs, GGUF: generated tok/s; heads: examples/s)")
     for ax in (size_ax, speed_ax):
         ax.set_ylabel(f"{report['task']} {report['metric']}")
         ax.grid(alpha=0.3)

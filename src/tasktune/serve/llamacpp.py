@@ -105,4 +105,6 @@ class LlamaCppChat:
                 yield text
 
     def close(self) -> None:
-        self.llm.close() if hasattr(self.llm, "close") else None
+        """Free llama.cpp's model and context now (not at garbage collection)."""
+        if hasattr(self.llm, "close"):
+            self.llm.close()

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from tasktune.model.attention import decoding_attention
-from tasktune.model.kv_cache import cache_tensors, left_pad, left_pad_mask, make_cache, select_rows
+from tasktune.model.kv_cache import cache_tensors, join_rows, left_pad_mask, make_cache, select_rows
 
 BASE_ADAPTER = "__base__"
 """`Request.adapter` value for the base model under a peft model (peft's own name for it)."""
@@ -317,13 +317,9 @@ class Decoder:
             return
         old = self.batch
         width = max(old.mask.shape[1], new.mask.shape[1])
-        (old_k, old_v), (new_k, new_v) = cache_tensors(old.cache), cache_tensors(new.cache)
-        def joined(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [torch.cat([left_pad(x, width), left_pad(y, width)]) for x, y in zip(a, b, strict=True)]
-
         self.batch = _Batch(
             old.rows + new.rows,
-            make_cache(joined(old_k, new_k), joined(old_v, new_v)),
+            join_rows(old.cache, new.cache, width),
             torch.cat([left_pad_mask(old.mask, width), left_pad_mask(new.mask, width)]),
             torch.cat([old.positions, new.positions]),
             torch.cat([old.last, new.last]),

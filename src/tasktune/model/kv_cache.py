@@ -2,7 +2,8 @@
 
 Rows are kept in one tensor per layer, [rows, kv_heads, columns, head_dim]. A decode step writes its column
 into a spare one instead of concatenating (copying) every layer's whole cache, which was a fifth of a 50-row
-decode step; rows leave with one `index_select` of the buffers, spare columns included.
+decode step; rows leave with one `index_select` of the buffers, spare columns included, and joining rows
+writes both sides once into the new buffers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def cache_tensors(cache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
 
 
+def join_rows(top, bottom, width: int):
+    """One cache of `top`'s rows then `bottom`'s, each right-aligned in `width` columns (left padding of
+    zeros), written once into new buffers with spare columns."""
+    from transformers import DynamicCache
+
+    result = DynamicCache()
+    result.layers = [_spare_layer().joined(a, b, width) for a, b in zip(top.layers, bottom.layers, strict=True)]
+    return result
+
+
 def select_rows(cache, index: torch.Tensor, first: int):
     """A cache of the rows in `index` from column `first` on; spare columns come along (one copy)."""
     from transformers import DynamicCache
@@ -58,14 +69,19 @@ def _spare_layer() -> type:
             self.length = 0
             if keys is not None and values is not None:
                 self.lazy_initialization(keys, values)
-                self._grow(keys, values, keys.shape[-2])
+                self._grow([keys], [values])
 
-        def _grow(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-            """New buffers holding `keys`/`values` (the first `length` columns) and spare columns."""
-            shape = (*keys.shape[:-2], length + SPARE_COLUMNS, keys.shape[-1])
-            self.buf_k, self.buf_v = keys.new_empty(shape), values.new_empty(shape)
-            self.buf_k[..., :length, :] = keys
-            self.buf_v[..., :length, :] = values
+        def _grow(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+            """New buffers holding the column blocks `keys`/`values` one after the other, then spare columns
+            (each block copied once, no concatenation first)."""
+            length = sum(k.shape[-2] for k in keys)
+            shape = (*keys[0].shape[:-2], length + SPARE_COLUMNS, keys[0].shape[-1])
+            self.buf_k, self.buf_v = keys[0].new_empty(shape), values[0].new_empty(shape)
+            at = 0
+            for k, v in zip(keys, values, strict=True):
+                self.buf_k[..., at:at + k.shape[-2], :] = k
+                self.buf_v[..., at:at + k.shape[-2], :] = v
+                at += k.shape[-2]
             self._set_length(length)
 
         def _set_length(self, length: int) -> None:
@@ -76,10 +92,9 @@ def _spare_layer() -> type:
             new = key_states.shape[-2]
             if not self.is_initialized or self.length == 0:
                 self.lazy_initialization(key_states, value_states)
-                self._grow(key_states, value_states, new)
+                self._grow([key_states], [value_states])
             elif self.length + new > self.buf_k.shape[-2]:
-                self._grow(torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2),
-                           self.length + new)
+                self._grow([self.keys, key_states], [self.values, value_states])
             else:
                 self.buf_k[..., self.length:self.length + new, :] = key_states
                 self.buf_v[..., self.length:self.length + new, :] = value_states
@@ -88,6 +103,19 @@ def _spare_layer() -> type:
 
         def get_seq_length(self) -> int:
             return self.length
+
+        @staticmethod
+        def joined(top: SpareLayer, bottom: SpareLayer, width: int) -> SpareLayer:
+            layer = SpareLayer()
+            layer.lazy_initialization(top.keys, top.values)
+            rows, kv_heads, _, dim = top.keys.shape
+            shape = (rows + bottom.keys.shape[0], kv_heads, width + SPARE_COLUMNS, dim)
+            layer.buf_k, layer.buf_v = top.keys.new_zeros(shape), top.values.new_zeros(shape)
+            for part, at in ((top, slice(0, rows)), (bottom, slice(rows, None))):
+                layer.buf_k[at, :, width - part.length:width] = part.keys
+                layer.buf_v[at, :, width - part.length:width] = part.values
+            layer._set_length(width)
+            return layer
 
         def select(self, index: torch.Tensor, first: int) -> SpareLayer:
             layer = SpareLayer()
@@ -99,13 +127,6 @@ def _spare_layer() -> type:
 
     _SPARE_LAYER = SpareLayer
     return SpareLayer
-
-
-def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    extra = width - t.shape[-2]
-    if extra == 0:
-        return t
-    return torch.cat([t.new_zeros((*t.shape[:-2], extra, t.shape[-1])), t], dim=-2)
 
 
 def left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:

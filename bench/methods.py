@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "ner-demo.yaml"
-STEPS, DEV_ROWS = 80, 80
+STEPS, DEV_ROWS = 32, 80  # 32 steps: one epoch of the packed demo data, the `make demo` budget
 
 METHODS: dict[str, list[str]] = {
     "lora": ["train.finetuning=lora"],
@@ -76,7 +77,8 @@ def main() -> int:
     args = parser.parse_args()
     out = ROOT / args.out
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.steps, args.dev, out / args.one.split()[0])))
+        slug = re.sub(r"[^a-z0-9]+", "-", args.one).strip("-")
+        print("RESULT " + json.dumps(run_one(args.one, args.steps, args.dev, out / slug)))
         return 0
     wanted = [p for p in args.only.split(",") if p]
     names = [n for n in METHODS if not wanted or any(p in n for p in wanted)]

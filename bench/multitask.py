@@ -8,6 +8,7 @@ EM / F1). Prints one row per task and the totals (training seconds, adapters to 
 (examples/multitask.yaml); `--demo` runs examples/multitask-demo.yaml on the bundled data instead.
 
     .venv/bin/python bench/multitask.py                # about 1 h on 2 idle cores
+    .venv/bin/python bench/multitask.py --factor 4 --dev-factor 2   # a quarter of the rows, half the dev
     .venv/bin/python bench/multitask.py --quick        # 10x fewer rows, to check the plumbing
     .venv/bin/python bench/multitask.py --demo --quick
 """
@@ -26,19 +27,19 @@ SHARED = ROOT.parent / "shared" / "data"
 METRICS = {"ner": ("f1",), "classify": ("accuracy", "macro_f1"), "qa": ("exact_match", "f1"), "mt": ("bleu",)}
 
 
-def _quick(cfg, factor: int = 10):
-    """Every task's train rows cut to a tenth (at least 20), dev sample and steps likewise."""
+def _shrink(cfg, factor: int, dev_factor: int):
+    """Every task's train rows cut to 1/factor (at least 20), the dev sample to 1/dev_factor (at least 20)."""
     from tasktune.config.task import row_slice
 
     for spec in cfg.tasks:
         rows = row_slice(spec.train_range)
         start, stop = rows.start or 0, rows.stop
         spec.train_range = f"{start}:{start + max(20, (stop - start) // factor) if stop else start + 40}"
-    cfg.eval.limit = max(20, (cfg.eval.limit or 200) // factor)
-    cfg.eval.during_training_limit = max(10, cfg.eval.during_training_limit // factor)
+    cfg.eval.limit = max(20, (cfg.eval.limit or 200) // dev_factor)
+    cfg.eval.during_training_limit = max(10, cfg.eval.during_training_limit // dev_factor)
 
 
-def run(config: Path, out: Path, quick: bool) -> dict:
+def run(config: Path, out: Path, factor: int = 1, dev_factor: int = 1) -> dict:
     from tasktune.config import load_config
     from tasktune.config.task import task_aliases
     from tasktune.evaluate.runner import run_eval
@@ -46,8 +47,8 @@ def run(config: Path, out: Path, quick: bool) -> dict:
 
     base = load_config(config, [f"output.dir={out}/multi", "output.overwrite=true", "train.eval_steps=0",
                                 "train.save_steps=0"])
-    if quick:
-        _quick(base)
+    if factor > 1 or dev_factor > 1:
+        _shrink(base, factor, dev_factor)
     results: dict = {"config": str(config), "single": {}, "multi": {}}
 
     started = time.perf_counter()
@@ -89,13 +90,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="examples/multitask-demo.yaml (bundled data)")
     parser.add_argument("--quick", action="store_true", help="10x fewer train and dev rows")
+    parser.add_argument("--factor", type=int, default=1, help="train on 1/FACTOR of each task's rows")
+    parser.add_argument("--dev-factor", type=int, default=1, help="score 1/DEV_FACTOR of each dev sample")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-multitask"))
     args = parser.parse_args()
     if not args.demo and not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (use --demo for the bundled data)")
         return 0
     config = ROOT / "examples" / ("multitask-demo.yaml" if args.demo else "multitask.yaml")
-    results = run(config, Path(args.out), args.quick)
+    factor, dev_factor = (10, 10) if args.quick else (args.factor, args.dev_factor)
+    results = run(config, Path(args.out), factor, dev_factor)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
     print("\n" + table(results))

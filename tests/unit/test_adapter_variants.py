@@ -125,6 +125,32 @@ def test_qlora_adapter_merges_into_a_full_precision_base(tiny_llama_dir, tmp_pat
     assert agree >= 0.5, f"quantized vs fp32 predictions agree on {agree:.0%} of positions"
 
 
+@pytest.mark.skipif(QLORA_SKIP is not None, reason=f"QLoRA needs bitsandbytes: {QLORA_SKIP}")
+def test_qlora_keeps_gradients_through_the_base_after_an_evaluation(tiny_llama_dir):
+    """bitsandbytes packs 4-bit weights for its CPU inference kernel at the first eval-mode forward (on AVX512-BF16
+    CPUs, like this one) and that kernel has no backward: after a training-time evaluation no gradient would pass
+    through a base layer, and the first layer's adapter would get none. The same step must give the same
+    gradients with or without an evaluation before it."""
+    from tasktune.model.kbit import load_quantized
+
+    def first_layer_grads(evaluate_first: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        base = load_quantized(ModelConfig(name_or_path=str(tiny_llama_dir), quantization="nf4"),
+                              compute_dtype=torch.bfloat16)
+        model = prepare_for_training(base, TrainConfig(finetuning="qlora"), LoraConfig(r=4, alpha=8, dropout=0.0))
+        if evaluate_first:
+            model.eval()
+            _logits(model)
+        model.train()
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        return {n: p.grad.float().clone() for n, p in model.named_parameters() if "layers.0." in n and "lora_B" in n}
+
+    fresh, after_eval = first_layer_grads(False), first_layer_grads(True)
+    assert fresh and all(float(g.abs().sum()) > 0 for g in fresh.values())
+    for name, grad in fresh.items():
+        torch.testing.assert_close(after_eval[name], grad, msg=f"{name}: gradient changed by an evaluation")
+
+
 def test_qlora_refuses_pissa(tiny_llama_dir):
     with pytest.raises(ValueError, match="cannot be used with train.finetuning=qlora"):
         prepare_for_training(load_model(ModelConfig(name_or_path=str(tiny_llama_dir))),

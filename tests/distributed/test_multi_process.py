@@ -1,9 +1,9 @@
 """Two processes against one: same losses, and an adapter that loads in one process with the same logits.
 
-DDP runs here on 2 CPU processes (gloo). FSDP2 (full shard) and DeepSpeed ZeRO-2/3 run through `accelerate
-launch` with the configs below; accelerate selects those plugins only on accelerators (with cpu=True it always
-runs MULTI_CPU DDP, see accelerate/state.py), so those tests need 2 GPUs and skip here, saying so.
-"""
+DDP runs here on 2 CPU processes (gloo), and so does DeepSpeed ZeRO-2/3 (`accelerate launch` with a DeepSpeed
+config; DeepSpeed's CPU accelerator over gloo). FSDP2 (full shard) needs 2 GPUs: accelerate selects the FSDP
+plugin only on accelerators (on a CPU-only machine several processes always run as MULTI_CPU DDP, see
+accelerate/state.py), so that test skips here, saying so."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _args(model_dir, data, out, *extra) -> list[str]:
             "train.learning_rate=5e-3", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0", *extra]
 
 
-def _launch(args: list[str], accelerate_config: str | None, tmp_path: Path) -> None:
+def _launch(args: list[str], accelerate_config: str | None, tmp_path: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     if accelerate_config is None:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -74,6 +74,7 @@ def _launch(args: list[str], accelerate_config: str | None, tmp_path: Path) -> N
     proc = subprocess.run([*launcher, "-m", "tasktune.cli", "train", *args], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 def _losses(out: Path) -> list[float]:
@@ -89,12 +90,13 @@ def _adapter_logits(model_dir: Path, adapter: Path) -> torch.Tensor:
         return model(input_ids=torch.tensor([[1, 17, 250, 33, 4001, 12, 9, 2]])).logits
 
 
-def _two_against_one(tiny_llama_dir, colours, tmp_path, accelerate_config: str | None) -> None:
+def _two_against_one(tiny_llama_dir, colours, tmp_path, accelerate_config: str | None, kind: str) -> None:
     """1 process x grad_accum 4 takes the same micro-batches per step as 2 processes x grad_accum 2."""
     single = tmp_path / "single"
     train(load_config(None, _args(tiny_llama_dir, colours, single, "train.grad_accum=4")))
     double = tmp_path / "double"
-    _launch(_args(tiny_llama_dir, colours, double, "train.grad_accum=2"), accelerate_config, tmp_path)
+    stdout = _launch(_args(tiny_llama_dir, colours, double, "train.grad_accum=2"), accelerate_config, tmp_path)
+    assert f"distributed: {kind}, 2 processes" in stdout  # the plugin asked for, not a silent fallback
     assert _losses(double) == pytest.approx(_losses(single), rel=1e-4)
     assert not (double / "dist" / "prepared_data.pkl").exists()  # the shared data cache is cleaned up
     torch.testing.assert_close(_adapter_logits(tiny_llama_dir, double / "adapter"),
@@ -102,16 +104,16 @@ def _two_against_one(tiny_llama_dir, colours, tmp_path, accelerate_config: str |
 
 
 def test_ddp_on_cpu_with_grad_accum_matches_one_process(tiny_llama_dir, colours, tmp_path):
-    _two_against_one(tiny_llama_dir, colours, tmp_path, None)
+    _two_against_one(tiny_llama_dir, colours, tmp_path, None, "MULTI_CPU")
 
 
 @needs_two_gpus
 def test_fsdp2_full_shard_saves_a_correct_adapter(tiny_llama_dir, colours, tmp_path):
-    _two_against_one(tiny_llama_dir, colours, tmp_path, FSDP2)
+    _two_against_one(tiny_llama_dir, colours, tmp_path, FSDP2, "FSDP")
 
 
-@needs_two_gpus
+@pytest.mark.skipif(GPUS == 1, reason="DeepSpeed runs 2 processes on 2 GPUs or on the CPU; 1 GPU here")
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_accumulates_and_saves(tiny_llama_dir, colours, tmp_path, stage):
-    pytest.importorskip("deepspeed")
-    _two_against_one(tiny_llama_dir, colours, tmp_path, DEEPSPEED.format(stage=stage))
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make setup installs it)")
+    _two_against_one(tiny_llama_dir, colours, tmp_path, DEEPSPEED.format(stage=stage), "DEEPSPEED")

@@ -1,8 +1,9 @@
 """What the loop does differently on several processes: data prepared once, DeepSpeed set-up and micro-batch
 boundaries, full state dicts for sharded saves (FSDP, ZeRO-3), one evaluation instead of one per process.
 
-Note: accelerate selects FSDP and DeepSpeed only on accelerators; on a CPU-only machine (`cpu=True`) several
-processes always run as MULTI_CPU (DDP over gloo), so the FSDP / DeepSpeed paths here run on GPUs.
+Note: accelerate selects FSDP only on accelerators; on a CPU-only machine several processes run as MULTI_CPU
+(DDP over gloo) or, under `accelerate launch` with a DeepSpeed config, as DeepSpeed on its CPU accelerator
+(see `loop.new_accelerator`), so the FSDP paths here run on GPUs and the DeepSpeed ones on either.
 """
 
 from __future__ import annotations

@@ -87,9 +87,18 @@ def final_norm_and_head(base: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     norm = getattr(decoder, "norm", None)
     if head is None or norm is None or getattr(head, "bias", None) is not None:
         return None
-    if not isinstance(getattr(head, "weight", None), torch.Tensor):
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or is_sharded_parameter(weight):
         return None
     return norm, head
+
+
+def is_sharded_parameter(weight: torch.Tensor) -> bool:
+    """A ZeRO-3 partition or an FSDP2 shard: whole only inside its module's forward, so the fused loss, which
+    reads lm_head's weight directly, cannot use it (the loss then goes through lm_head at the target positions)."""
+    from torch.distributed.tensor import DTensor
+
+    return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
 
 
 def final_hidden_states(model: torch.nn.Module, norm: torch.nn.Module, inputs: dict[str, Any],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from tasktune.config.load import config_to_dict, save_config
@@ -99,10 +100,13 @@ def new_accelerator(mixed_precision: str) -> Accelerator:
     """This run's Accelerator. accelerate keeps its settings in process-wide singletons, so a second run in
     one process (the demo, benchmarks, tests) could not pick another precision: they are reset first, the
     process group (if any) kept. Without a GPU, a torchrun/`accelerate launch` world (gloo) is recognised
-    only with cpu=True."""
+    only with cpu=True, except under DeepSpeed (`accelerate launch` with a DeepSpeed config), which accelerate
+    selects only with cpu=False and which then runs on DeepSpeed's CPU accelerator over gloo."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    if torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
 
 
 def prepare_output_dir(cfg: Config, resuming: bool) -> Path:
@@ -165,6 +169,8 @@ def train(cfg: Config, evaluator: Evaluator | None = None, data: PreparedData | 
         evaluator = make_training_evaluator(cfg)
     accelerator = new_accelerator(resolve_precision(tc.mixed_precision))
     main = accelerator.is_main_process
+    if main and accelerator.num_processes > 1:  # which plugin accelerate picked: launchers can differ silently
+        print(f"distributed: {accelerator.distributed_type.value}, {accelerator.num_processes} processes")
     set_seed(tc.seed)
     ckpt_root = Path(cfg.output.dir) / "checkpoints"
     resume = resolve_resume(tc.resume_from_checkpoint, ckpt_root, announce=main)

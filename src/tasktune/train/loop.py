@@ -104,11 +104,12 @@ def new_accelerator(mixed_precision: str) -> Accelerator:
     selects only with cpu=False and which then runs on DeepSpeed's CPU accelerator over gloo."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    cpu_only = not torch.cuda.is_available()
     launched_deepspeed = (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
                           and int(os.environ.get("LOCAL_RANK", -1)) != -1)
-    if torch.cuda.is_available() or not launched_deepspeed:
-        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-    return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    if cpu_only and launched_deepspeed:
+        return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_only)
 
 
 def prepare_output_dir(cfg: Config, resuming: bool) -> Path:

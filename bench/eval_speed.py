@@ -172,6 +172,7 @@ def main() -> None:
     import torch
 
     from tasktune.evaluate.runner import predict
+    from tasktune.model.fold import fold_adapter
     from tasktune.model.load import load_model, load_tokenizer
     from tasktune.runtime import configure_threads, inference_dtype
 
@@ -184,8 +185,8 @@ def main() -> None:
         sys.exit(f"{adapter}: no adapter there (run `make demo` first, or pass --adapter none)")
     cfg.model.adapter = adapter
     fp32, bf16 = load_model(cfg.model, torch.float32), load_model(cfg.model, inference_dtype("auto"))
-    if adapter:  # merged, as `tasktune eval` does
-        fp32, bf16 = fp32.merge_and_unload(), bf16.merge_and_unload()
+    if adapter:  # folded in, as `tasktune eval` does (model/fold.py)
+        fp32, bf16 = fold_adapter(fp32)[0], fold_adapter(bf16)[0]
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": []}
     stream: dict[str, list[float]] = {}

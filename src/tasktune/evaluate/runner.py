@@ -127,18 +127,21 @@ def _from_dir(base: ModelConfig, path: Path) -> tuple[ModelConfig, str]:
 def resolve_eval_model(cfg: Config):
     """(model, tokenizer, description) for eval.checkpoint: auto | base | an adapter or model directory.
 
-    The model is loaded in bf16 where the hardware runs it (model.dtype=auto) with its adapter merged, and
-    goes to the GPU when there is one; the tokenizer pads on the left.
+    The model is loaded in bf16 where the hardware runs it (model.dtype=auto) with its adapter folded in
+    (`model.fold.fold_adapter`: merged in float32, kept as low-rank factors in bf16, where a merge would round
+    most of it away), and goes to the GPU when there is one; the tokenizer pads on the left.
     """
     import torch
 
+    from tasktune.model.fold import fold_adapter
     from tasktune.model.load import load_model, load_tokenizer
     from tasktune.runtime import inference_dtype
 
     model_cfg, description = eval_model_config(cfg)
     model = load_model(model_cfg, inference_dtype(model_cfg.dtype))
-    if hasattr(model, "merge_and_unload"):  # one adapter, read-only here: fold it in, no LoRA matmuls per token
-        model = model.merge_and_unload()
+    if hasattr(model, "merge_and_unload"):  # one adapter, read-only here: no peft layers per token
+        model, how = fold_adapter(model)
+        description = f"{description} ({how})"
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model, load_tokenizer(model_cfg, padding_side="left"), description

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,29 @@ def test_fsdp2_full_shard_saves_a_correct_adapter(tiny_llama_dir, colours, tmp_p
 def test_deepspeed_zero_accumulates_and_saves(tiny_llama_dir, colours, tmp_path, stage):
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make setup installs it)")
     _two_against_one(tiny_llama_dir, colours, tmp_path, DEEPSPEED.format(stage=stage), "DEEPSPEED")
+
+
+@pytest.mark.skipif(GPUS == 1, reason="DeepSpeed runs 2 processes on 2 GPUs or on the CPU; 1 GPU here")
+def test_deepspeed_zero3_resumes_exactly(tiny_llama_dir, colours, tmp_path):
+    """4 steps straight == 2 steps, stop, resume under the same plugin for 2 more (losses and adapter).
+    ZeRO-3 only (ZeRO-2 saves and loads through the same accelerate calls; it passed too, and costs a minute)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make setup installs it)")
+    config = DEEPSPEED.format(stage=3)
+    steps = ["train.max_steps=4", "train.save_steps=2", "train.grad_accum=2"]
+    straight = tmp_path / "straight"
+    _launch(_args(tiny_llama_dir, colours, straight, *steps), config, tmp_path)
+    checkpoint = straight / "checkpoints" / "step-2"
+    assert (checkpoint / "accelerate_sharded").is_dir()  # DeepSpeed's own sharded files, not a rank-0 copy
+    # "Stop" at step 2: a fresh output dir holding only what existed when step 2 was saved.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "step-2")
+    lines = (straight / "train_log.jsonl").read_text().splitlines()
+    (resumed / "train_log.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    stdout = _launch(_args(tiny_llama_dir, colours, resumed, *steps, "train.resume_from_checkpoint=latest"),
+                     config, tmp_path)
+    assert "resumed from" in stdout and "distributed: DEEPSPEED, 2 processes" in stdout
+    assert len(_losses(straight)) == 4
+    assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
+    torch.testing.assert_close(_adapter_logits(tiny_llama_dir, resumed / "adapter"),
+                               _adapter_logits(tiny_llama_dir, straight / "adapter"), atol=1e-5, rtol=1e-5)

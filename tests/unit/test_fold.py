@@ -7,7 +7,7 @@ import torch
 
 from tasktune.config.schema import LoraConfig, ModelConfig, TrainConfig
 from tasktune.model.adapters import prepare_for_training, save_trained
-from tasktune.model.fold import LowRankDelta, fold_adapter
+from tasktune.model.fold import LowRankDelta, delta_lost_to_rounding, fold_adapter
 from tasktune.model.load import load_model, load_tokenizer
 
 
@@ -71,3 +71,16 @@ def test_layers_that_cannot_stay_factored_are_merged_and_say_so(tiny_llama_dir, 
     folded, how = fold_adapter(load_model(cfg, torch.bfloat16))
     assert how.startswith("merged (") and "bf16 rounding" in how
     assert not hasattr(folded, "peft_config")
+
+
+def test_a_low_precision_export_says_how_much_of_the_adapter_it_rounds_away(tiny_llama_dir, tmp_path):
+    from tasktune.export.run import ExportOptions, export_model, format_summary
+
+    adapter = _small_adapter(tiny_llama_dir, tmp_path / "adapter")
+    bf16 = export_model(ExportOptions(model=str(tiny_llama_dir), adapter=str(adapter), out=tmp_path / "bf16",
+                                      dtype="bfloat16"))
+    assert bf16["adapter_delta_lost"] > 0.2 and "round away" in format_summary(bf16)
+    fp32 = export_model(ExportOptions(model=str(tiny_llama_dir), adapter=str(adapter), out=tmp_path / "fp32"))
+    assert "adapter_delta_lost" not in fp32 and "round away" not in format_summary(fp32)
+    base = load_model(ModelConfig(name_or_path=str(tiny_llama_dir)), torch.float32)
+    assert delta_lost_to_rounding(base, base, torch.bfloat16) == 0.0  # nothing changed: nothing to lose

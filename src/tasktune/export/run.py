@@ -109,6 +109,8 @@ def export_model(opts: ExportOptions, metric_fn: Callable[[Path], dict[str, floa
     model, tokenizer = load_merged(opts.model, opts.adapter, opts.template)
     options = {k: v for k, v in asdict(opts).items() if k != "task_config"}
     report: dict[str, Any] = {"options": {**options, "out": str(opts.out)}, "metrics": {}}
+    if opts.adapter and opts.dtype != "float32":
+        report["adapter_delta_lost"] = _delta_lost(model, opts)
     timings = report["timings_s"] = {}
     with tempfile.TemporaryDirectory(dir=opts.out.parent, prefix=f".{opts.out.name}-float-") as tmp:
         float_dir = Path(tmp) if opts.int8 else opts.out
@@ -137,6 +139,16 @@ def export_model(opts: ExportOptions, metric_fn: Callable[[Path], dict[str, floa
     return report
 
 
+def _delta_lost(merged, opts: ExportOptions) -> float:
+    """The share of the adapter's delta that casting the merged weights to opts.dtype rounds away."""
+    import torch
+
+    from tasktune.model.fold import delta_lost_to_rounding
+
+    base, _ = load_merged(opts.model, None, opts.template)
+    return round(delta_lost_to_rounding(merged, base, getattr(torch, opts.dtype)), 4)
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:,.1f} MB"
 
@@ -150,6 +162,10 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [f"exported {source} -> {opts['out']}: {weights}, {report['shards']} shard(s), "
              f"{report['seconds']:.1f} s ({steps})"]
     lines += [f"  {f['file']:40s} {_mb(f['bytes']):>12s}" for f in report["files"]]
+    if report.get("adapter_delta_lost", 0) > 0.05:
+        lines.append(f"note: {opts['dtype']} weights round away {report['adapter_delta_lost']:.0%} of the adapter's "
+                     "delta (median over the changed weights); the task metric shows what that costs, and "
+                     "--dtype float32 keeps it")
     if "int8" in report:
         q = report["int8"]
         lines.append(f"int8 ({q['library']}) vs {opts['dtype']}: "

@@ -73,3 +73,21 @@ def fold_adapter(model: nn.Module) -> tuple[nn.Module, str]:
         parent = plain.get_submodule(parent_path) if parent_path else plain
         setattr(parent, attr, LowRankDelta(getattr(parent, attr), down, up, bias))
     return plain, "factored"
+
+
+def delta_lost_to_rounding(merged: nn.Module, base: nn.Module, dtype: torch.dtype) -> float:
+    """Median over the weights an adapter changed of the share of its delta (`merged - base`, float32) that
+    casting both to `dtype` loses: |round(merged) - round(base) - delta| / |delta|. 0.0 when nothing changed."""
+    base_weights = dict(base.named_parameters())
+    losses = []
+    for name, weight in merged.named_parameters():
+        other = base_weights.get(name)
+        if other is None or other.shape != weight.shape:
+            continue
+        delta = weight.detach().float() - other.detach().float()
+        size = delta.norm()
+        if size == 0:
+            continue
+        kept = weight.detach().to(dtype).float() - other.detach().to(dtype).float()
+        losses.append(((kept - delta).norm() / size).item())
+    return float(torch.tensor(losses).median()) if losses else 0.0

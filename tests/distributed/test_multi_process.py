@@ -144,3 +144,24 @@ def test_deepspeed_zero3_resumes_exactly(tiny_llama_dir, colours, tmp_path):
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
     torch.testing.assert_close(_adapter_logits(tiny_llama_dir, resumed / "adapter"),
                                _adapter_logits(tiny_llama_dir, straight / "adapter"), atol=1e-5, rtol=1e-5)
+
+
+def test_ddp_splits_the_training_time_evaluation_across_processes(tiny_llama_dir, tmp_path):
+    """Each DDP process answers half of the evaluation sample; the main one writes all of them, in order,
+    and they are the answers one process gives with the same weights."""
+    demo = ROOT / "data" / "demo"
+    task = ["task.name=ner", f"task.train_file={demo / 'ner_train.jsonl'}", "task.train_range=:16",
+            f"task.eval_file={demo / 'ner_dev.jsonl'}", "task.labels=[PER,LOC,ORG]", "eval.during_training_limit=7",
+            "eval.max_new_tokens=12", "eval.batch_size=3", "train.eval_steps=2", "data.datasets=[]",
+            "data.cutoff_len=256"]
+    single = tmp_path / "single"
+    train(load_config(None, [*_args(tiny_llama_dir, "x", single, "train.grad_accum=2"), *task]))
+    double = tmp_path / "double"
+    stdout = _launch([*_args(tiny_llama_dir, "x", double), *task], None, tmp_path)
+    assert "evaluation split across 2 processes" in stdout
+
+    def answers(out: Path) -> list[tuple[str, str]]:
+        lines = (out / "eval_steps" / "step-2" / "predictions.jsonl").read_text().splitlines()
+        return [(json.loads(x)["id"], json.loads(x)["output"]) for x in lines]
+
+    assert len(answers(double)) == 7 and answers(double) == answers(single)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from tasktune.config.task import TaskConfig
 from tasktune.data.report import DataError, RejectReport
 from tasktune.evaluate.generate import generate_texts
 from tasktune.evaluate.loglik import score_choices
+from tasktune.evaluate.ranks import is_main_process, split_choices, split_generate
 from tasktune.evaluate.report import (
     HEADLINE,
     degenerate_warning,
@@ -197,11 +199,12 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], progress: bool = True,
-            generator: Callable[..., Any] | None = None) -> Scored:
+            generator: Callable[..., Any] | None = None, split_across_ranks: bool = False) -> Scored:
     """Generate (or pick by log-likelihood) an answer for every row, parse it and score the lot.
 
     generator: replaces `generate_texts` (same signature), e.g. `evaluate.gguf.gguf_generator`; it decodes
-    without the task's constraint."""
+    without the task's constraint. split_across_ranks: in a distributed run (replicated weights), each
+    process answers its share of the rows and all of them score the whole list (`evaluate.ranks`)."""
     task = get_task(spec.name)
     conversations = [task.to_messages(row, spec) for row in rows]
     prompts = [_prompt(c.as_dicts()) for c in conversations]
@@ -210,12 +213,15 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
     if cfg.eval.scoring == "loglik":
         if spec.name != "classify":
             raise ConfigError(f"eval.scoring=loglik works for classify only, not {spec.name}")
-        result = score_choices(model, tokenizer, prompts, list(spec.labels), cfg.eval.batch_size, progress)
+        choose = partial(split_choices, score_choices) if split_across_ranks else score_choices
+        result = choose(model, tokenizer, prompts, list(spec.labels), cfg.eval.batch_size, progress)
         texts, seconds, tokens, truncated = [spec.labels[k] for k in result.choices], result.seconds, 0, 0
     else:
         constraint = _constraint(cfg, spec, rows) if generator is None else None
-        generated = (generator or generate_texts)(model, tokenizer, prompts, budget, cfg.eval.batch_size,
-                                                  constraint, progress)
+        generate = generator or generate_texts
+        if split_across_ranks:
+            generate = partial(split_generate, generate)
+        generated = generate(model, tokenizer, prompts, budget, cfg.eval.batch_size, constraint, progress)
         texts, seconds = generated.texts, generated.seconds
         tokens, truncated = generated.generated_tokens, sum(generated.truncated)
     predictions = [task.parse(text, row, spec) for text, row in zip(texts, rows, strict=True)]
@@ -351,8 +357,9 @@ def make_training_evaluator(cfg: Config, steps_dir: Path | None = None) -> Evalu
     _constraint(cfg, spec, rows[:1])  # config errors now, not at the first eval step
     steps_dir = Path(steps_dir or Path(cfg.output.dir) / "eval_steps")
 
-    def evaluate(model, tokenizer, step: int) -> dict[str, float]:
-        scored = predict(cfg, spec, model, tokenizer, rows, progress=True)
+    def evaluate(model, tokenizer, step: int, split_across_ranks: bool = False) -> dict[str, float]:
+        scored = predict(cfg, spec, model, tokenizer, rows, progress=is_main_process(),
+                         split_across_ranks=split_across_ranks)
         if is_main_process():
             write_jsonl(scored.records, steps_dir / f"step-{step}" / "predictions.jsonl")
             warning = degenerate_warning(spec.name, scored.scores)
@@ -364,13 +371,8 @@ def make_training_evaluator(cfg: Config, steps_dir: Path | None = None) -> Evalu
         result["metric"] = result[metric]
         return result
 
+    evaluate.splits_across_ranks = True  # type: ignore[attr-defined]  # evaluate_once: every DDP process, split
     return evaluate
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 

@@ -119,12 +119,18 @@ def save_output(save: Callable[..., Path], accelerator: Accelerator, model: torc
 
 def evaluate_once(evaluator: Callable[[torch.nn.Module, Any, int], dict[str, float]], accelerator: Accelerator,
                   model: torch.nn.Module, tokenizer: Any, step: int) -> dict[str, float]:
-    """The task evaluator's metrics. With replicated weights (one process, DDP) only the main process runs the
-    evaluation sample and sends its metrics to the others; with sharded weights every process must take part in
-    each forward pass, so all run it."""
+    """The task evaluator's metrics. With sharded weights every process must take part in each forward pass,
+    so all run the whole sample. With replicated weights (DDP) an evaluator that `splits_across_ranks` (the
+    generative one) runs on every process, each answering its share of the rows; any other runs on the main
+    process only, which sends its metrics to the others."""
     unwrapped = accelerator.unwrap_model(model)
+    split = getattr(evaluator, "splits_across_ranks", False)
     if accelerator.num_processes == 1 or accelerator.distributed_type in SHARDED:
         return evaluator(unwrapped, tokenizer, step)
+    if split:
+        if accelerator.is_main_process:
+            print(f"\nevaluation split across {accelerator.num_processes} processes", flush=True)
+        return evaluator(unwrapped, tokenizer, step, split_across_ranks=True)
     metrics = [evaluator(unwrapped, tokenizer, step) if accelerator.is_main_process else None]
     torch.distributed.broadcast_object_list(metrics, src=0)
     return metrics[0]

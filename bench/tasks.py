@@ -46,12 +46,14 @@ ROWS = [
      ["train.num_epochs=1"]),
 ]
 TARGET_ROWS = [
-    # The quality targets on CoNLL-2003 test (all 3,453 sentences, span-exact F1): about one CPU-hour of
-    # training each on 2 idle cores (`--targets`); no "before" run (the untuned model scores 0 here).
+    # The quality targets (`--targets`): CoNLL-2003 test (all 3,453 sentences, span-exact F1), SST-2 dev
+    # (all 872); at most one CPU-hour of training each on 2 idle cores; no "before" run.
     ("ner-conll2003 generate, one CPU-hour (SmolLM2 LoRA) [test]", "ner-conll2003.yaml", 5000, None,
      ["train.num_epochs=1", "eval.max_new_tokens=192", "eval.split=test"]),
     ("ner-conll2003 head, all train sentences (MiniLM full) [test]", "ner-conll2003-head.yaml", 14041, None,
      ["train.finetuning=full", "train.learning_rate=5e-5", "train.num_epochs=3", "eval.split=test"]),
+    ("classify-sst2 head, all train sentences (MiniLM full) [dev]", "classify-sst2-head.yaml", 6920, None,
+     ["train.finetuning=full", "train.learning_rate=5e-5", "train.num_epochs=3"]),
 ]
 HEADLINE = {"ner": "f1", "classify": "accuracy"}
 NER_FORMATS = ("json", "inline", "tagged-words")
@@ -122,7 +124,7 @@ def main() -> int:
                         help="generative NER rows with this answer format (all: one row per format); "
                              "default: the example config's")
     parser.add_argument("--targets", action="store_true",
-                        help="the issue's quality-target rows instead (CoNLL-2003 test, about 1 h each)")
+                        help="the issue's quality-target rows instead (CoNLL-2003 test, SST-2 dev; up to 1 h each)")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (the benchmark needs the real data beside the project)")

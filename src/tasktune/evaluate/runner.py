@@ -375,9 +375,6 @@ def make_training_evaluator(cfg: Config, steps_dir: Path | None = None) -> Evalu
     return evaluate
 
 
-
-
-
 def model_dir_scorer(cfg: Config) -> Callable[[Path], dict[str, float]]:
     """Score any model directory on the task's eval split (eval.limit rows): for `tasktune export` to show
     what merging or quantizing cost. Files go to <model dir>/../eval-<model dir name>."""

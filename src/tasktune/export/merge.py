@@ -20,16 +20,24 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 """Chat-template end-of-turn tokens that generation must stop at, when the tokenizer has them."""
 
 
+def load_unmerged(model: str, adapter: str | None = None, template: str | None = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer): `model` in float32 with `adapter` loaded on top (a PeftModel), not merged yet."""
+    cfg = ModelConfig(name_or_path=model, adapter=adapter, template=template, dtype="float32")
+    return load_model(cfg), load_tokenizer(cfg)
+
+
 def load_merged(model: str, adapter: str | None = None, template: str | None = None) -> tuple[nn.Module, Any]:
     """(model, tokenizer): `model` in float32 with `adapter` merged into its weights (peft merge_and_unload).
 
     Merging happens in float32 so a later cast to bf16/fp16 rounds the merged weights once.
     """
-    cfg = ModelConfig(name_or_path=model, adapter=adapter, template=template, dtype="float32")
-    loaded = load_model(cfg)
-    if adapter:
-        loaded = loaded.merge_and_unload()
-    return loaded.eval(), load_tokenizer(cfg)
+    loaded, tokenizer = load_unmerged(model, adapter, template)
+    return merge(loaded), tokenizer
+
+
+def merge(loaded: nn.Module) -> nn.Module:
+    """A `load_unmerged` model with its adapter (if any) merged into the weights, in eval mode."""
+    return (loaded.merge_and_unload() if hasattr(loaded, "merge_and_unload") else loaded).eval()
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:

@@ -20,7 +20,7 @@ from typing import Any
 from tasktune.config.schema import Config, ConfigError
 from tasktune.export.gguf import GGUF_TYPES, export_gguf, find_converter, require_quantizer
 from tasktune.export.measure import compare_model_dirs, files_with_sizes, weights_bytes
-from tasktune.export.merge import load_merged, save_model_dir
+from tasktune.export.merge import load_unmerged, merge, save_model_dir
 from tasktune.export.quantize import SCHEME, quantize_int8, torchao_version
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -106,11 +106,12 @@ def export_model(opts: ExportOptions, metric_fn: Callable[[Path], dict[str, floa
     if opts.out.exists() and opts.overwrite:
         shutil.rmtree(opts.out)
     opts.out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_merged(opts.model, opts.adapter, opts.template)
+    model, tokenizer = load_unmerged(opts.model, opts.adapter, opts.template)
     options = {k: v for k, v in asdict(opts).items() if k != "task_config"}
     report: dict[str, Any] = {"options": {**options, "out": str(opts.out)}, "metrics": {}}
     if opts.adapter and opts.dtype != "float32":
-        report["adapter_delta_lost"] = _delta_lost(model, opts)
+        report["adapter_delta_lost"] = _delta_lost(model, opts.dtype)
+    model = merge(model)
     timings = report["timings_s"] = {}
     with tempfile.TemporaryDirectory(dir=opts.out.parent, prefix=f".{opts.out.name}-float-") as tmp:
         float_dir = Path(tmp) if opts.int8 else opts.out
@@ -139,14 +140,13 @@ def export_model(opts: ExportOptions, metric_fn: Callable[[Path], dict[str, floa
     return report
 
 
-def _delta_lost(merged, opts: ExportOptions) -> float:
-    """The share of the adapter's delta that casting the merged weights to opts.dtype rounds away."""
+def _delta_lost(model, dtype: str) -> float:
+    """The share of the adapter's delta that merged weights cast to `dtype` round away (`model` not merged)."""
     import torch
 
     from tasktune.model.fold import delta_lost_to_rounding
 
-    base, _ = load_merged(opts.model, None, opts.template)
-    return round(delta_lost_to_rounding(merged, base, getattr(torch, opts.dtype)), 4)
+    return round(delta_lost_to_rounding(model, getattr(torch, dtype)), 4)
 
 
 def _mb(size: int) -> str:
@@ -164,7 +164,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines += [f"  {f['file']:40s} {_mb(f['bytes']):>12s}" for f in report["files"]]
     if report.get("adapter_delta_lost", 0) > 0.05:
         lines.append(f"note: {opts['dtype']} weights round away {report['adapter_delta_lost']:.0%} of the adapter's "
-                     "delta (median over the changed weights); the task metric shows what that costs, and "
+                     "delta (median over the adapted layers); the task metric shows what that costs, and "
                      "--dtype float32 keeps it")
     if "int8" in report:
         q = report["int8"]

@@ -75,19 +75,20 @@ def fold_adapter(model: nn.Module) -> tuple[nn.Module, str]:
     return plain, "factored"
 
 
-def delta_lost_to_rounding(merged: nn.Module, base: nn.Module, dtype: torch.dtype) -> float:
-    """Median over the weights an adapter changed of the share of its delta (`merged - base`, float32) that
-    casting both to `dtype` loses: |round(merged) - round(base) - delta| / |delta|. 0.0 when nothing changed."""
-    base_weights = dict(base.named_parameters())
+
+def delta_lost_to_rounding(model: nn.Module, dtype: torch.dtype) -> float:
+    """Median over the LoRA Linear layers of `model` (a PeftModel, not merged yet) of the share of the
+    adapter's delta that merging it into `dtype` weights rounds away: |round(W+D) - round(W) - D| / |D|.
+    0.0 when no layer changes anything."""
     losses = []
-    for name, weight in merged.named_parameters():
-        other = base_weights.get(name)
-        if other is None or other.shape != weight.shape:
+    for layer in model.modules():
+        if _factors(layer) is None:
             continue
-        delta = weight.detach().float() - other.detach().float()
+        weight = layer.base_layer.weight.detach().float()
+        delta = layer.get_delta_weight(layer.active_adapters[0]).detach().float()
         size = delta.norm()
         if size == 0:
             continue
-        kept = weight.detach().to(dtype).float() - other.detach().to(dtype).float()
+        kept = (weight + delta).to(dtype).float() - weight.to(dtype).float()
         losses.append(((kept - delta).norm() / size).item())
     return float(torch.tensor(losses).median()) if losses else 0.0

@@ -74,6 +74,32 @@ def tiny_llama_dir(tmp_path_factory, smol_tokenizer) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def noisy_llama(tiny_llama_dir):
+    """The tiny random Llama with large weights (its replies differ and wander) and its left-padding tokenizer."""
+    import torch
+
+    from tasktune.config.schema import ModelConfig
+    from tasktune.model.load import load_model, load_tokenizer
+
+    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
+    model = load_model(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    return model, load_tokenizer(cfg, padding_side="left")
+
+
+def random_reply(constraint, rng, stop_id: int = 2) -> tuple[int, ...]:
+    """Token ids drawn uniformly from what a decoding constraint allows at each step, until it stops."""
+    generated: tuple[int, ...] = ()
+    while (choice := rng.choice(list(constraint.allowed(generated)))) != stop_id:
+        generated += (choice,)
+    return generated
+
+
 def make_tiny_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter (r=4, all-linear) for a tiny model with random non-zero B (it changes the logits),
     saved by `save_trained`: the adapter files and the tokenizer in one directory. Seeds give different ones."""

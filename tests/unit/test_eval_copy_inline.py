@@ -7,15 +7,14 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import random_reply
 
-from tasktune.config.schema import Config, ModelConfig
+from tasktune.config.schema import Config
 from tasktune.config.task import EvalConfig, TaskConfig
 from tasktune.evaluate.constrain import RowConstraints, build_constraint
 from tasktune.evaluate.copy_inline import CopyInlineConstraint, token_table
 from tasktune.evaluate.generate import generate_texts
 from tasktune.evaluate.runner import predict
-from tasktune.model.load import load_model, load_tokenizer
 from tasktune.tasks import ner
 from tasktune.tasks.ner_formats import read_copy
 
@@ -56,34 +55,15 @@ def test_random_walks_always_give_a_copy_that_parses(smol_tokenizer):
     for row in rows():
         constraint = CopyInlineConstraint(smol_tokenizer, row.text, LABELS, [2])
         for _ in range(3):
-            generated: tuple[int, ...] = ()
-            while True:
-                choice = rng.choice(list(constraint.allowed(generated)))
-                if choice == 2:
-                    break
-                generated += (choice,)
-            output = smol_tokenizer.decode(list(generated))
+            output = smol_tokenizer.decode(list(random_reply(constraint, rng)))
             assert read_copy(output, row.text, LABELS, whole=True) is not None
             assert read_copy(output + "!", row.text, LABELS) is None
             parsed = ner.parse(output, row, SPEC)
             assert parsed is not None and all(p["start"] is not None for p in parsed)
 
 
-@pytest.fixture(scope="module")
-def noisy(tiny_llama_dir):
-    """The tiny random Llama with large weights: replies differ and wander."""
-    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
-    model = load_model(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3)
-    return model, load_tokenizer(cfg, padding_side="left")
-
-
-def test_generation_with_one_constraint_per_row(noisy):
-    model, tokenizer = noisy
+def test_generation_with_one_constraint_per_row(noisy_llama):
+    model, tokenizer = noisy_llama
     items = rows()
     prompts = [[{"role": "user", "content": ner.instruction(SPEC) + "\n" + r.text}] for r in items]
     specs = [ner.row_constraint(r, SPEC) for r in items]
@@ -100,8 +80,8 @@ def test_generation_with_one_constraint_per_row(noisy):
     assert sum(len(ner.parse(t, r, SPEC)) for t, r in zip(result.texts, items, strict=True) if t) > 3
 
 
-def test_eval_of_inline_ner_is_constrained_by_default_and_never_fails(noisy):
-    model, tokenizer = noisy
+def test_eval_of_inline_ner_is_constrained_by_default_and_never_fails(noisy_llama):
+    model, tokenizer = noisy_llama
     cfg = Config(task=SPEC, eval=EvalConfig(max_new_tokens=96, batch_size=8))
     scored = predict(cfg, SPEC, model, tokenizer, rows(), progress=False)
     assert scored.constrained

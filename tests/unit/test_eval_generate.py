@@ -12,7 +12,7 @@ from tasktune.config.task import TaskConfig
 from tasktune.evaluate.constrain import ChoiceConstraint, enforcer_data, label_token_ids
 from tasktune.evaluate.generate import generate_texts, prompt_ids
 from tasktune.evaluate.loglik import score_choices
-from tasktune.model.load import load_model, load_tokenizer
+from tasktune.model.load import load_model
 from tasktune.tasks import ner
 
 WORDS = "the cat dog runs fast slow red blue green house tree river mountain city Paris Acme".split()
@@ -21,17 +21,9 @@ NER_SPEC = TaskConfig(name="ner", labels=["PER", "LOC", "ORG"], ner_output_forma
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
+def tiny(tiny_llama_dir, noisy_llama):
     """The tiny random Llama (replies are all alike) and the same with larger weights (replies differ)."""
-    cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
-    tokenizer = load_tokenizer(cfg, padding_side="left")
-    noisy = load_model(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in noisy.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3)
-    return load_model(cfg), noisy, tokenizer
+    return load_model(ModelConfig(name_or_path=str(tiny_llama_dir))), *noisy_llama
 
 
 def prompts(n: int, seed: int = 0) -> list[list[dict]]:

@@ -212,7 +212,8 @@ class EvalConfig:
     """Generation budget per example; None: the task's default."""
     constrained: bool | None = None
     """Constrain decoding to the task's output format (classify: a label; ner json: the entity list schema;
-    ner inline: copying the input with `[mention|TYPE]` brackets); None: on for classify and ner inline."""
+    ner inline: copying the input with `[mention|TYPE]` brackets; qa: a span of the context); None: on for
+    classify, ner inline and qa."""
     scoring: str = "generate"
     """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
     during_training_limit: int = 200

@@ -4,7 +4,8 @@
 "schema": {...}}` -> lm-format-enforcer's JsonSchemaParser driven by our processor (its own transformers
 integration does not import on transformers 5); `{"type": "copy_inline", "text": ..., "labels": [...]}` ->
 a per-example constraint for inline NER (`evaluate.copy_inline`): copy the text, `[` opens a mention,
-`|LABEL]` closes it. All look only at the tokens a row generated so far, so they work with left-padded
+`|LABEL]` closes it; `{"type": "copy_span", "text": ...}` -> a span copied from the text (extractive QA,
+`evaluate.copy_span`). All look only at the tokens a row generated so far, so they work with left-padded
 batches; a row that already emitted a stop token is left alone. `RowConstraints` gives each row of a batch
 its own constraint (or none).
 """
@@ -188,7 +189,12 @@ def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int]) -
         from tasktune.evaluate.copy_inline import CopyInlineConstraint
 
         return CopyInlineConstraint(tokenizer, spec["text"], spec["labels"], stop_ids)
-    raise ConfigError(f"unknown output constraint type {kind!r}: expected choice, json_schema or copy_inline")
+    if kind == "copy_span":
+        from tasktune.evaluate.copy_span import CopySpanConstraint
+
+        return CopySpanConstraint(tokenizer, spec["text"], stop_ids)
+    raise ConfigError(f"unknown output constraint type {kind!r}: expected choice, json_schema, copy_inline or "
+                      "copy_span")
 
 
 class RowConstraints(SuffixConstraint):

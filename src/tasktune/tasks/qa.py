@@ -157,6 +157,11 @@ def output_constraint(spec: TaskConfig) -> dict[str, Any] | None:
     return None
 
 
+def row_constraint(row: QaRow, spec: TaskConfig) -> dict[str, Any]:
+    """Decoding that can only copy a span of the row's context (word edges at both ends)."""
+    return {"type": "copy_span", "text": row.context}
+
+
 def parse(output: str, row: QaRow | None, spec: TaskConfig) -> str | None:
     """The first non-empty line, without an `Answer:` prefix or surrounding quotes; None when empty."""
     lines = [line.strip() for line in output.replace("```", "\n").splitlines() if line.strip()]

@@ -1,0 +1,138 @@
+"""Decoding constrained by a byte-level grammar: the base of the copy constraints (inline NER, QA spans).
+
+A grammar is a set of states and, per state, the bytes it may read next and the states they lead to
+(`_next`). Several readings can hold at once, so the current state is a set (an NFA). A token is allowed
+when every byte of it can be read from the current states (a token may hold part of a UTF-8 character, as
+byte-level BPE tokens of Chinese do): a walk of the grammar over the tokenizer's sorted token strings
+(built once per tokenizer) finds them. Stop tokens are allowed exactly where the grammar is `complete`.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from tasktune.evaluate.constrain import SuffixConstraint
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+SPACE = frozenset(b" \t\n\r\x0b\x0c")
+"""Whitespace bytes: no span starts or ends next to one."""
+
+@dataclass(frozen=True)
+class TokenTable:
+    keys: list[bytes]
+    """Distinct token byte strings, sorted (so the tokens starting with a prefix are one bisect range)."""
+    ids: list[list[int]]
+    """Token ids of each key."""
+    by_id: dict[int, bytes]
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character a byte-level BPE token shows -> the byte."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(shown)
+    extra = 0
+    for byte in range(256):
+        if byte not in shown:
+            shown.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(shown, chars, strict=True)}
+
+
+def token_table(tokenizer) -> TokenTable:
+    """The byte string of every regular token (byte-level BPE or SentencePiece pieces), built once."""
+    if tokenizer in _TABLES:
+        return _TABLES[tokenizer]
+    decoder = _byte_decoder()
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    byte_level = "ByteLevel" in repr(backend)
+    special = set(tokenizer.all_special_ids)
+    grouped: dict[bytes, list[int]] = defaultdict(list)
+    by_id = {}
+    for token, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if token in special or not piece:
+            continue
+        hex_byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+        if byte_level and all(c in decoder for c in piece):
+            data = bytes(decoder[c] for c in piece)
+        elif hex_byte:
+            data = bytes([int(hex_byte.group(1), 16)])
+        elif not byte_level:
+            data = piece.replace("\u2581", " ").encode()
+        else:
+            continue
+        grouped[data].append(token)
+        by_id[token] = data
+    keys = sorted(grouped)
+    table = TokenTable(keys, [grouped[k] for k in keys], by_id)
+    _TABLES[tokenizer] = table
+    return table
+
+
+class ByteGrammarConstraint(SuffixConstraint):
+    """Tokens allowed by a byte grammar: subclasses give the start states, `_next` and `complete`."""
+
+    def __init__(self, tokenizer, start: frozenset[Hashable], stop_ids: Sequence[int]):
+        super().__init__(stop_ids)
+        self.table = token_table(tokenizer)
+        self._states: dict[tuple[int, ...], frozenset] = {(): start}
+
+    def _next(self, state) -> dict[int, list]:
+        """byte -> the states it leads to, from one state."""
+        raise NotImplementedError
+
+    def complete(self, states: frozenset) -> bool:
+        """Whether the reply may end here."""
+        raise NotImplementedError
+
+    def _step(self, states: frozenset) -> dict[int, frozenset]:
+        merged: dict[int, set[Hashable]] = defaultdict(set)
+        for state in states:
+            for byte, targets in self._next(state).items():
+                merged[byte].update(targets)
+        return {byte: frozenset(targets) for byte, targets in merged.items()}
+
+    def _read(self, states: frozenset, data: bytes) -> frozenset:
+        for byte in data:
+            states = self._step(states).get(byte, frozenset())
+            if not states:
+                break
+        return states
+
+    def states_after(self, generated: tuple[int, ...]) -> frozenset:
+        """The grammar states after the generated tokens (empty when they left the grammar)."""
+        if generated in self._states:
+            return self._states[generated]
+        before = self.states_after(generated[:-1])
+        data = self.table.by_id.get(generated[-1])
+        states = self._read(before, data) if data is not None and before else frozenset()
+        self._states[generated] = states
+        return states
+
+    # ---- tokens ----
+
+    def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:
+        states = self.states_after(generated)
+        if not states:
+            return self.stop_ids
+        found: list[int] = []
+        keys, ids = self.table.keys, self.table.ids
+
+        def walk(prefix: bytes, here: frozenset) -> None:
+            at = bisect_left(keys, prefix)
+            if at == len(keys) or not keys[at].startswith(prefix):
+                return  # no token starts with this prefix
+            if prefix and keys[at] == prefix:
+                found.extend(ids[at])
+            for byte, there in self._step(here).items():
+                walk(prefix + bytes([byte]), there)
+
+        walk(b"", states)
+        if self.complete(states):
+            found.extend(self.stop_ids)
+        return found or self.stop_ids

@@ -107,6 +107,27 @@ def test_overlong_truncate_reject_and_no_target_tokens(smol_tokenizer):
     long_prompt = Conversation([Message("user", " ".join(["word"] * 100)), Message("assistant", "Ok.")])
     with pytest.raises(RowError) as err:
         encode_conversation(long_prompt, smol_tokenizer, 48, "truncate")
+    assert err.value.reason == "no_target_tokens" and "truncate_prompt" in str(err.value)
+
+
+def test_truncate_prompt_cuts_the_users_text_and_keeps_the_answer(smol_tokenizer):
+    words = " ".join(f"w{i}" for i in range(100))
+    conv = Conversation([Message("system", "Label the review."), Message("user", words),
+                         Message("assistant", "positive")], source="r.jsonl:3")
+    full = encode_conversation(conv, smol_tokenizer, 1024)
+    report = RejectReport()
+    (example,) = encode_many([conv], smol_tokenizer, 64, "truncate_prompt", report)
+    assert len(example["input_ids"]) == 64 and report.truncated == [("r.jsonl:3", len(full["input_ids"]), 64)]
+    assert labelled_runs(smol_tokenizer, example) == ["positive<|im_end|>"]
+    text = smol_tokenizer.decode(example["input_ids"])
+    assert "Label the review." in text and "w0 w1" in text and "w99" not in text  # the end of the text went
+    cut = len(full["input_ids"]) - 64  # everything but the cut tokens is unchanged, in order
+    kept = full["input_ids"]
+    at = next(i for i, (a, b) in enumerate(zip(kept, example["input_ids"], strict=False)) if a != b)
+    assert example["input_ids"] == kept[:at] + kept[at + cut :]
+    assert encode_conversation(conv, smol_tokenizer, 64, "truncate_prompt")["input_ids"] == example["input_ids"]
+    with pytest.raises(RowError) as err:  # the answer alone is longer than the cutoff: cut from the end
+        encode_conversation(conv, smol_tokenizer, 8, "truncate_prompt")
     assert err.value.reason == "no_target_tokens"
 
 

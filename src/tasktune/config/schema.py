@@ -55,7 +55,9 @@ class DataConfig:
     cutoff_len: int = 1024
     """Longest tokenized example; longer ones are handled by `overlong`."""
     overlong: str = "truncate"
-    """What to do with examples longer than cutoff_len: truncate (reported) | reject (reported)."""
+    """What to do with examples longer than cutoff_len (each reported): truncate (cut the end; an answer cut
+    away rejects the row) | truncate_prompt (cut the end of the user's text, keep the answer whole: for
+    classification of long texts; not for tasks whose answer copies the text, inline NER, QA, MT) | reject."""
     packing: bool = True
     """Pack short examples into sequences of cutoff_len (no attention between them): no padding wasted."""
     max_samples: int | None = None
@@ -83,7 +85,7 @@ class DataConfig:
             )
         if self.cutoff_len < 8:
             raise ConfigError(f"data.cutoff_len={self.cutoff_len}: must be at least 8")
-        one_of("data", "overlong", self.overlong, ("truncate", "reject"))
+        one_of("data", "overlong", self.overlong, ("truncate", "truncate_prompt", "reject"))
         if not 0.0 <= self.max_rejected_share <= 1.0:
             raise ConfigError("data.max_rejected_share must be within [0, 1]")
 

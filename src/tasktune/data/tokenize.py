@@ -109,18 +109,40 @@ def label_tokens(ids: list[int], offsets: list[Span], spans: list[Span]) -> list
 
 
 def fit_length(
-    ids: list[int], labels: list[int], cutoff_len: int, overlong: str
+    ids: list[int], labels: list[int], cutoff_len: int, overlong: str, prompt: list[int] | None = None
 ) -> tuple[list[int], list[int], int]:
-    """Cut to cutoff_len (overlong="truncate") or reject; returns ids, labels and the length before."""
+    """Fit to cutoff_len: cut the end (overlong="truncate"), cut the end of the prompt's text (`prompt`: the
+    positions of its tokens; "truncate_prompt", the end when it holds too few), or reject. Returns ids,
+    labels and the length before."""
     length = len(ids)
     if length > cutoff_len:
         if overlong == "reject":
             raise RowError("overlong", f"{length} tokens > cutoff_len={cutoff_len}")
-        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+        excess = length - cutoff_len
+        if overlong == "truncate_prompt" and prompt and len(prompt) > excess:
+            keep = prompt[-excess]  # the prompt's last `excess` tokens go (they are consecutive)
+            ids, labels = ids[:keep] + ids[keep + excess :], labels[:keep] + labels[keep + excess :]
+        else:
+            ids, labels = ids[:cutoff_len], labels[:cutoff_len]
     if all(label == IGNORE_INDEX for label in labels):
         cut = f" after truncation to {cutoff_len} tokens (from {length})" if length > cutoff_len else ""
+        hint = "; data.overlong=truncate_prompt cuts the prompt's text instead" if overlong == "truncate" else ""
+        cut += hint if cut else ""
         raise RowError("no_target_tokens", f"no trained tokens{cut}")
     return ids, labels, length
+
+
+def prompt_tokens(conv: Conversation, full: str, spans: list[Span], offsets: list[Span]) -> list[int]:
+    """Positions of the tokens inside the content of the last user message before the first trained one."""
+    first_trained = next((i for i, m in enumerate(conv.messages) if m.trained), None)
+    if first_trained is None or not spans:
+        return []
+    user = next((m for m in reversed(conv.messages[:first_trained]) if m.role == "user" and m.content), None)
+    start = full.rfind(user.content, 0, spans[0][0]) if user is not None else -1
+    if start < 0:
+        return []
+    end = start + len(user.content)
+    return [t for t, (a, _) in enumerate(offsets) if start <= a < end]
 
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[Span]]]:
@@ -171,11 +193,13 @@ def encode_many(
     examples = []
     for chunk_start in range(0, len(rendered), batch_size):
         chunk = rendered[chunk_start : chunk_start + batch_size]
-        for (conv, _, spans), (ids, offsets) in zip(
+        for (conv, text, spans), (ids, offsets) in zip(
             chunk, _tokenize(tokenizer, [text for _, text, _ in chunk]), strict=True
         ):
             try:
-                ids, labels, length = fit_length(ids, label_tokens(ids, offsets, spans), cutoff_len, overlong)
+                cut_prompt = overlong == "truncate_prompt" and len(ids) > cutoff_len
+                prompt = prompt_tokens(conv, text, spans, offsets) if cut_prompt else None
+                ids, labels, length = fit_length(ids, label_tokens(ids, offsets, spans), cutoff_len, overlong, prompt)
             except RowError as err:
                 report.add(conv.source, err, conv.as_dicts())
                 continue
@@ -195,13 +219,14 @@ def encode_conversation(
 ) -> dict[str, Any]:
     """`input_ids` and `labels` of one conversation; RowError when it cannot be used.
 
-    Truncation (overlong="truncate") is recorded in `report` when one is given.
+    Truncation (overlong="truncate" or "truncate_prompt") is recorded in `report` when one is given.
     """
     template = resolve_template(tokenizer, chat_template)
     conv.check()
     text, spans = render_conversation(conv, tokenizer, template)
     ((ids, offsets),) = _tokenize(tokenizer, [text])
-    ids, labels, length = fit_length(ids, label_tokens(ids, offsets, spans), cutoff_len, overlong)
+    prompt = prompt_tokens(conv, text, spans, offsets) if overlong == "truncate_prompt" else None
+    ids, labels, length = fit_length(ids, label_tokens(ids, offsets, spans), cutoff_len, overlong, prompt)
     if length > cutoff_len and report is not None:
         report.add_truncated(conv.source, length, cutoff_len)
     return {"input_ids": ids, "labels": labels, "source": conv.source}

@@ -90,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     options = options_from_args(args)
     scorer = None
-    if options.task_config is not None and options.task_config.task.name:
+    if options.task_config is not None and (options.task_config.task.name or options.task_config.tasks):
         from tasktune.evaluate.runner import model_dir_scorer
 
         scorer = model_dir_scorer(options.task_config)  # re-run the task metric on what was exported

@@ -172,3 +172,18 @@ def test_resume_fingerprint_names_the_tasks_and_their_mixture():
     assert fingerprint_differences(saved, run_fingerprint(_demo(), model, plan)) == []
     changed = fingerprint_differences(saved, run_fingerprint(_demo("tasks.1.weight=2"), model, plan))
     assert len(changed) == 1 and "tasks" in changed[0]
+
+
+def test_export_of_a_multitask_run_scores_every_task(tiny_llama_dir, tiny_adapter_dir, tmp_path):
+    from tasktune.cli import main
+
+    config = tmp_path / "run.yaml"
+    save_config(_tiny(tiny_llama_dir, tmp_path / "run", f"model.adapter={tiny_adapter_dir}"), config)
+    out = tmp_path / "export"
+    assert main(["export", str(config), "--out", str(out)]) == 0
+    scores = json.loads((out / "export_report.json").read_text())["metrics"]["float"]
+    summary = json.loads((tmp_path / "eval-export" / "summary.json").read_text())
+    assert scores["mean"] == pytest.approx(summary["mean"])
+    assert scores["sentiment/macro_f1"] == pytest.approx(summary["tasks"]["sentiment"]["macro_f1"])
+    assert {"ner/f1", "sentiment/accuracy", "qa/exact_match", "qa/f1"} <= set(scores)
+    assert all((tmp_path / "eval-export" / alias / "metrics.json").is_file() for alias in ("ner", "sentiment", "qa"))

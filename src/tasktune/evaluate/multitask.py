@@ -85,6 +85,15 @@ def summarise(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {MEAN: mean, "tasks": tasks}
 
 
+def flat_summary(summary: dict[str, Any]) -> dict[str, float]:
+    """summary.json as one flat mapping: `mean`, then `ALIAS/METRIC` for each task's headline metrics."""
+    flat = {MEAN: float(summary[MEAN])}
+    for alias, scores in summary["tasks"].items():
+        flat.update({f"{alias}/{key}": float(scores[key]) for key in HEADLINE[scores["task"]]
+                     if isinstance(scores.get(key), (int, float))})
+    return flat
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     rows = [[alias, t["task"], t["n"], t["metric"], t["metric_value"], t["parse_failure_rate"] or 0.0]
             for alias, t in summary["tasks"].items()]

@@ -377,13 +377,18 @@ def make_training_evaluator(cfg: Config, steps_dir: Path | None = None) -> Evalu
 
 def model_dir_scorer(cfg: Config) -> Callable[[Path], dict[str, float]]:
     """Score any model directory on the task's eval split (eval.limit rows): for `tasktune export` to show
-    what merging or quantizing cost. Files go to <model dir>/../eval-<model dir name>."""
-    spec = task_spec(cfg)
+    what merging or quantizing cost. Files go to <model dir>/../eval-<model dir name>. A multi-task config
+    (`tasks:`) scores every task: `mean` and `ALIAS/METRIC` for each task's headline metrics."""
+    spec = None if cfg.tasks else task_spec(cfg)
 
     def score(model_dir: Path) -> dict[str, float]:
         out = Path(model_dir).parent / f"eval-{Path(model_dir).name.lstrip('.')}"
         local = replace(cfg, eval=replace(cfg.eval, checkpoint=str(model_dir), output_dir=str(out)))
         metrics = run_eval(local)
+        if spec is None:
+            from tasktune.evaluate.multitask import flat_summary
+
+            return flat_summary(metrics)
         keys = (*HEADLINE[spec.name], "parse_failure_rate", "examples_per_s")
         return {key: float(metrics[key]) for key in keys if isinstance(metrics.get(key), (int, float))}
 

@@ -126,8 +126,8 @@ def fit_length(
             ids, labels = ids[:cutoff_len], labels[:cutoff_len]
     if all(label == IGNORE_INDEX for label in labels):
         cut = f" after truncation to {cutoff_len} tokens (from {length})" if length > cutoff_len else ""
-        hint = "; data.overlong=truncate_prompt cuts the prompt's text instead" if overlong == "truncate" else ""
-        cut += hint if cut else ""
+        if cut and overlong == "truncate":
+            cut += "; data.overlong=truncate_prompt cuts the prompt's text instead"
         raise RowError("no_target_tokens", f"no trained tokens{cut}")
     return ids, labels, length
 

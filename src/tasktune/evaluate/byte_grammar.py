@@ -22,6 +22,7 @@ _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 SPACE = frozenset(b" \t\n\r\x0b\x0c")
 """Whitespace bytes: no span starts or ends next to one."""
 
+
 @dataclass(frozen=True)
 class TokenTable:
     keys: list[bytes]

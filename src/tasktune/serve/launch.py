@@ -34,6 +34,11 @@ def add_api_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="answer length when a chat request gives no max_tokens (default: 512)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weight dtype (default: auto = bfloat16 where the hardware runs it)")
+    parser.add_argument("--backend", default="torch", choices=("torch", "vllm"),
+                        help="torch (default: tasktune's own decoder, CPU or GPU) or vllm (a CUDA GPU with the vllm "
+                             "package: one multi-LoRA engine, each --adapter a LoRA request)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85,
+                        help="--backend vllm: share of the GPU's memory vLLM takes for weights and KV cache")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); on a busy shared CPU, 1 can be "
                              "many times faster than more")
@@ -51,8 +56,20 @@ def run_api_args(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and not api_key:
         print(f"tasktune api: warning: listening on {args.host} without an API key; anyone who can reach this "
               f"port can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
-    engine = Engine(args.model, parse_adapter_specs(args.adapter), dtype=args.dtype, max_queue=args.max_queue,
-                    max_batch=args.max_batch, default_max_tokens=args.default_max_tokens, threads=args.threads)
+    adapters = parse_adapter_specs(args.adapter)
+    if args.backend == "vllm":
+        from tasktune.serve.vllm_engine import VllmEngine, unavailable
+
+        reason = unavailable()
+        if reason:
+            print(f"tasktune api: --backend vllm: {reason}", file=sys.stderr)
+            return 2
+        engine = VllmEngine(args.model, adapters, dtype=args.dtype, max_queue=args.max_queue,
+                            max_batch=args.max_batch, default_max_tokens=args.default_max_tokens,
+                            gpu_memory_utilization=args.gpu_memory_utilization)
+    else:
+        engine = Engine(args.model, adapters, dtype=args.dtype, max_queue=args.max_queue, max_batch=args.max_batch,
+                        default_max_tokens=args.default_max_tokens, threads=args.threads)
     print(f"serving {', '.join(engine.models)} on http://{args.host}:{args.port}/v1"
           f"{' (API key required)' if api_key else ''}", file=sys.stderr)
     try:

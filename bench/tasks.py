@@ -13,12 +13,14 @@ untouched model on the same dev sample (for a head: its new, untrained classifie
     .venv/bin/python bench/tasks.py --quick         # 10x smaller, to check the plumbing
     .venv/bin/python bench/tasks.py --only ner --ner-format all   # generative NER once per answer format
     .venv/bin/python bench/tasks.py --targets --only generate      # the issue's CoNLL test targets, ~1 h a row
+    .venv/bin/python bench/tasks.py --targets --before --only qa-squad,wmt22   # QA and MT, base model too
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -54,8 +56,17 @@ TARGET_ROWS = [
      ["train.finetuning=full", "train.learning_rate=5e-5", "train.num_epochs=3", "eval.split=test"]),
     ("classify-sst2 head, all train sentences (MiniLM full) [dev]", "classify-sst2-head.yaml", 6920, None,
      ["train.finetuning=full", "train.learning_rate=5e-5", "train.num_epochs=3"]),
+    ("classify-sst2 generate, one CPU-hour (SmolLM2 LoRA) [dev]", "classify-sst2.yaml", 6000, None,
+     ["train.num_epochs=1"]),
+    ("classify-sst2 head, all train sentences (SmolLM2 LoRA seq cls) [dev]", "classify-sst2-smollm2-head.yaml",
+     6920, None, ["train.num_epochs=1"]),
+    # XQuAD-en and WMT22 ship one split each: the example configs train on its head and score the rest.
+    ("qa-squad generate, span-constrained (SmolLM2 LoRA) [XQuAD-en held out]", "qa-squad.yaml", 800, None,
+     ["train.num_epochs=1"]),
+    ("mt-wmt22-zh-en generate (SmolLM2 LoRA) [WMT22 held out]", "mt-wmt22-zh-en.yaml", 800, None,
+     ["train.num_epochs=1", "eval.max_new_tokens=128"]),
 ]
-HEADLINE = {"ner": "f1", "classify": "accuracy"}
+HEADLINE = {"ner": "f1", "classify": "accuracy", "qa": "f1", "mt": "bleu"}
 NER_FORMATS = ("json", "inline", "tagged-words")
 NER_BUDGET = {"json": 128, "inline": 192, "tagged-words": 384}
 """eval.max_new_tokens per NER answer format: inline copies the sentence, tagged-words adds a tag per word."""
@@ -124,7 +135,10 @@ def main() -> int:
                         help="generative NER rows with this answer format (all: one row per format); "
                              "default: the example config's")
     parser.add_argument("--targets", action="store_true",
-                        help="the issue's quality-target rows instead (CoNLL-2003 test, SST-2 dev; up to 1 h each)")
+                        help="the issue's quality-target rows instead (CoNLL-2003 test, SST-2 dev, XQuAD-en, "
+                             "WMT22; up to 1 h each)")
+    parser.add_argument("--before", action="store_true",
+                        help="with --targets: score the untuned model too (the other rows always do)")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (the benchmark needs the real data beside the project)")
@@ -140,9 +154,10 @@ def main() -> int:
             n_train, n_dev = max(20, n_train // 10), max(20, (n_dev or 200) // 10)
         print(f"\n=== {name}: {n_train} train rows, {n_dev} dev rows ===", flush=True)
         slug = config.removesuffix(".yaml") + (f"-{name.rsplit('[', 1)[1].rstrip(']')}" if "[" in name else "")
-        slug += "-target" if args.targets else ""
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", slug).lower() + ("-target" if args.targets else "")
         try:
-            results[name] = run_row(config, n_train, n_dev, extra, Path(args.out) / slug, not args.targets)
+            results[name] = run_row(config, n_train, n_dev, extra, Path(args.out) / slug,
+                                    args.before or not args.targets)
         except Exception:  # one failing row must not lose the others
             traceback.print_exc()
             print(f"row failed: {name}", file=sys.stderr, flush=True)

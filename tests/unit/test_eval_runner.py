@@ -134,6 +134,8 @@ def test_each_task_writes_exactly_the_required_fields(task, tiny, tiny_llama_dir
                 assert all(record["input"][e["start"]:e["end"]] == e["text"] for e in record["prediction"])
             else:  # only a reply cut by the token budget may fail to parse
                 assert len(record["output"]) < len(record["input"])
+    elif task == "qa":  # span-constrained by default: every answer is a span of its context
+        assert saved["constrained"] is True and saved["not_span_rate"] == 0.0 and saved["parse_failure_rate"] < 1.0
     else:  # the random model answers blank lines: unparsed, and a miss, never a crash
         assert saved["constrained"] is False and saved["parse_failure_rate"] == 1.0
         assert all(r["prediction"] is None for r in records)
@@ -258,7 +260,7 @@ def test_loglik_scoring_picks_labels_without_generating(tiny, tiny_llama_dir, da
 
 
 def test_constrained_true_needs_a_task_constraint(tiny, tiny_llama_dir, data_dir, tmp_path):
-    cfg = make_cfg(tiny_llama_dir, data_dir, "qa", tmp_path, "eval.constrained=true")
+    cfg = make_cfg(tiny_llama_dir, data_dir, "mt", tmp_path, "eval.constrained=true")
     with pytest.raises(ConfigError, match="no output constraint"):
         evaluate_task(cfg, *tiny, progress=False)
 

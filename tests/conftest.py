@@ -100,6 +100,20 @@ def random_reply(constraint, rng, stop_id: int = 2) -> tuple[int, ...]:
     return generated
 
 
+def allowed_along_a_walk(constraint, rng, steps: int = 4, stop_id: int = 2) -> list[tuple[frozenset, set]]:
+    """(states, allowed tokens) at each step of a random walk under a byte-grammar constraint, checking at
+    each that the allowed tokens (stop aside) are exactly those whose bytes the grammar reads, and not none."""
+    seen, generated = [], ()
+    for _ in range(steps):
+        states = constraint.states_after(generated)
+        allowed = set(constraint.allowed(generated))
+        brute = {t for t, data in constraint.table.by_id.items() if constraint._read(states, data)}
+        assert allowed - {stop_id} == brute and brute
+        seen.append((states, allowed))
+        generated += (rng.choice(sorted(brute)),)
+    return seen
+
+
 def make_tiny_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter (r=4, all-linear) for a tiny model with random non-zero B (it changes the logits),
     saved by `save_trained`: the adapter files and the tokenizer in one directory. Seeds give different ones."""

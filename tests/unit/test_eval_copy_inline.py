@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import random_reply
+from conftest import allowed_along_a_walk, random_reply
 
 from tasktune.config.schema import Config
 from tasktune.config.task import EvalConfig, TaskConfig
@@ -40,14 +40,8 @@ def test_allowed_tokens_are_exactly_those_the_grammar_reads(smol_tokenizer):
     constraint = build_constraint({"type": "copy_inline", "text": "Ann met 李雷 [x]", "labels": LABELS},
                                   smol_tokenizer, [2])
     assert isinstance(constraint, CopyInlineConstraint)
-    rng = random.Random(0)
-    generated: tuple[int, ...] = ()
-    for _ in range(4):  # a few states along a random walk: compare with reading every token's bytes
-        states = constraint.states_after(generated)
-        allowed = set(constraint.allowed(generated))
-        brute = {t for t, data in table.by_id.items() if constraint._read(states, data)}
-        assert allowed - {2} == brute and brute
-        generated += (rng.choice(sorted(brute)),)
+    assert constraint.table is table
+    allowed_along_a_walk(constraint, random.Random(0))  # a few states of a random walk, each against every token
 
 
 def test_random_walks_always_give_a_copy_that_parses(smol_tokenizer):

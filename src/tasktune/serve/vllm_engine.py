@@ -204,6 +204,4 @@ class VllmEngine(EngineFront):
             self._job_done(row.job)
 
     def _join_worker(self, timeout: float) -> None:
-        with self._cond:
-            self._cond.notify_all()
-        self._worker.join(timeout)
+        self._worker.join(timeout)  # close() has already woken it

@@ -7,7 +7,9 @@ Rows (each printed with its ratio against the baseline of its group, all measure
     hf-generate   a plain batched `model.generate` loop in fp32 (adapter merged), left padding, longest first
                   (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
-                  prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens
+                  prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens,
+                  prompt lookup drafts (eval.draft_tokens, default 4)
+    tt-no-drafts  the same with eval.draft_tokens=0 (one token per forward pass)
     lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), when .bench/lf-venv
                   exists (bench/setup_llamafactory.sh); otherwise the row says it was skipped
   single stream (one chat prompt, 64 new tokens, the same thread count):
@@ -188,18 +190,20 @@ def main() -> None:
     if adapter:  # folded in, as `tasktune eval` does (model/fold.py)
         fp32, bf16 = fold_adapter(fp32)[0], fold_adapter(bf16)[0]
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": []}
+    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-no-drafts": []}
     stream: dict[str, list[float]] = {}
-    f1 = None
+    f1s: dict[str, float | None] = {}
+    drafts = cfg.eval.draft_tokens
     for repeat in range(args.repeats):
-        order = ["hf-generate", "tasktune"] if repeat % 2 == 0 else ["tasktune", "hf-generate"]
+        order = list(eval_s) if repeat % 2 == 0 else list(reversed(eval_s))
         for name in order:
             if name == "hf-generate":
                 eval_s[name].append(hf_generate_loop(fp32, tokenizer, prompts, args.max_new, args.batch))
             else:
+                cfg.eval.draft_tokens = 0 if name == "tt-no-drafts" else drafts
                 scored = predict(cfg, spec, bf16, tokenizer, rows, progress=False)
                 eval_s[name].append(scored.seconds)
-                f1 = scored.scores.get("f1")
+                f1s[name] = scored.scores.get("f1")
         for name, value in single_stream(fp32, bf16, tokenizer, args.max_new).items():
             if value is not None:
                 stream.setdefault(name, []).append(value)
@@ -218,7 +222,7 @@ def main() -> None:
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
     else:
         print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
-    print(f"tasktune entity F1 on these rows: {f1}")
+    print(f"entity F1 on these rows: tasktune {f1s['tasktune']}, tt-no-drafts {f1s['tt-no-drafts']}")
     print(f"\nsingle stream, {args.max_new} new tokens, {threads} threads")
     print(f"{'run':<14}{'tokens/s':>9}{'vs hf':>8}")
     hf = statistics.median(stream["hf-stream"])

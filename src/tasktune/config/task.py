@@ -214,6 +214,10 @@ class EvalConfig:
     """Constrain decoding to the task's output format (classify: a label; ner json: the entity list schema;
     ner inline: copying the input with `[mention|TYPE]` brackets; qa: a span of the context); None: on for
     classify, ner inline and qa."""
+    draft_tokens: int = 4
+    """Tokens a greedy row may copy from its own prompt per forward pass (prompt lookup decoding: the model
+    checks the guesses in the same pass and keeps those it would have chosen, so the answers are unchanged);
+    faster where answers copy their input (ner inline, qa). 0: one token per pass."""
     scoring: str = "generate"
     """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
     during_training_limit: int = 200
@@ -237,3 +241,5 @@ class EvalConfig:
             raise ConfigError("eval.limit must be at least 1 (or null for all)")
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size must be at least 1")
+        if not 0 <= self.draft_tokens <= 32:
+            raise ConfigError("eval.draft_tokens must be within [0, 32]")

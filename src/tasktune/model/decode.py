@@ -19,54 +19,19 @@ Rows may use different LoRA adapters of one peft model in the same forward pass 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from tasktune.model.attention import decoding_attention
+from tasktune.model.attention import cpu_attention
 from tasktune.model.kv_cache import cache_tensors, join_rows, left_pad_mask, make_cache, select_rows
-
-BASE_ADAPTER = "__base__"
-"""`Request.adapter` value for the base model under a peft model (peft's own name for it)."""
-
+from tasktune.model.lookup import PromptLookup
+from tasktune.model.request import BASE_ADAPTER, Request
 
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2", "smollm3"})
 """Model types whose logits are exactly `lm_head(hidden)`: the decoder may score a constrained row's allowed
 tokens only (rows of the output embedding) instead of the whole vocabulary."""
-
-
-class RowConstraint(Protocol):
-    """Decoding constraint of one row (evaluate/constrain.py): the tokens allowed next, as a sorted list of
-    ids (never empty) or a boolean mask over the vocabulary."""
-
-    def row_allowed(self, generated: tuple[int, ...], vocab: int) -> list[int] | torch.Tensor: ...
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation and its progress. `on_token(request, token)` returns a finish reason to stop now."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    constraint: RowConstraint | None = None
-    adapter: str | None = None
-    """peft adapter name for this row; None: the model as it is set; BASE_ADAPTER: the base model."""
-    on_token: Callable[[Request, int], str | None] | None = None
-    generated: list[int] = field(default_factory=list)
-    """New tokens, without the stop token."""
-    finish_reason: str | None = None
-    """stop (end-of-turn token or complete constrained output) | length | what on_token returned."""
-    stop_token_seen: bool = False
-    _generator: torch.Generator | None = None
-    _allowed: list[int] | torch.Tensor | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
 
 
 @dataclass
@@ -86,9 +51,11 @@ class Decoder:
     """Continuous batching over `model`; feed it with `add`, drive it with `step` (or `run`)."""
 
     def __init__(self, model: torch.nn.Module, stop_ids: Sequence[int], pad_id: int, max_batch: int = 16,
-                 prefix_ids: Sequence[int] = ()):
+                 prefix_ids: Sequence[int] = (), draft_tokens: int = 0):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
         self.max_batch = max(1, max_batch)
+        self.draft_tokens = max(0, draft_tokens)
+        """Tokens a greedy row may guess per step from its prompt (model/lookup.py); 0: one token a step."""
         self.device = next(model.parameters()).device
         self.head = model.get_output_embeddings()
         self.vocab_size = self.head.weight.shape[0]
@@ -103,6 +70,7 @@ class Decoder:
         self._prefix_cache: dict[str | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._peft = hasattr(model, "peft_config")
         self.forward_passes = 0
+        self.drafted = self.accepted = 0  # draft tokens proposed / kept
 
     @property
     def active(self) -> int:
@@ -132,7 +100,7 @@ class Decoder:
     def step(self) -> list[Request]:
         """Admit waiting requests, then one token for every running row; returns the rows that finished."""
         finished, self._ended = self._ended, []
-        with decoding_attention(self.model):
+        with cpu_attention(self.model):
             if self.batch is not None:
                 self._decode_one()
                 finished += self._drop_finished()
@@ -152,11 +120,12 @@ class Decoder:
             self._ended.append(request)
 
     # ---- forward passes -------------------------------------------------------------------------------
-    def _forward(self, input_ids, mask, positions, cache, adapters) -> torch.Tensor:
+    def _forward(self, input_ids, mask, positions, cache, adapters, keep: int = 1) -> torch.Tensor:
         """For `input_ids` after the cache's columns (the cache grows): the last position's hidden state
         [rows, hidden] where the decoder applies the output embedding itself (`_own_head`), else its logits
-        [rows, vocab]. (The model's own head would also get transformers' strided slice of the last position,
-        which a CPU matmul handles by expanding the weight per row: 3.7 of 5.7 s of a 64-row prefill.)"""
+        [rows, vocab]; with `keep` > 1, the last `keep` positions' [rows, keep, ...]. (The model's own head
+        would also get transformers' strided slice of the last position, which a CPU matmul handles by
+        expanding the weight per row: 3.7 of 5.7 s of a 64-row prefill.)"""
         extra: dict[str, Any] = {}
         if adapters is not None:
             extra["adapter_names"] = adapters
@@ -164,12 +133,12 @@ class Decoder:
             self.model.set_output_embeddings(torch.nn.Identity())
         try:
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                             use_cache=True, logits_to_keep=1, **extra)
+                             use_cache=True, logits_to_keep=keep, **extra)
         finally:
             if self._own_head:
                 self.model.set_output_embeddings(self.head)
         self.forward_passes += 1
-        return out.logits[:, -1, :].contiguous()
+        return out.logits[:, -1, :].contiguous() if keep == 1 else out.logits[:, -keep:, :]
 
     def _logits(self, out: torch.Tensor, ids: list[int] | None = None) -> torch.Tensor:
         """fp32 logits of `_forward`'s output rows, over the token ids `ids` (all when None)."""
@@ -243,11 +212,66 @@ class Decoder:
 
     def _decode_one(self) -> None:
         b = self.batch
+        drafts = self._drafts(b.rows)
+        if any(drafts):
+            self._decode_drafted(drafts)
+            return
         mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=self.device)], dim=1)
         logits = self._forward(b.last[:, None], mask, b.positions[:, None], b.cache, self._adapter_names(b.rows))
         b.mask = mask
         b.positions = b.positions + 1
         b.last = self._choose(logits, b.rows).to(self.device)
+
+    def _drafts(self, rows: Sequence[Request]) -> list[list[int]]:
+        """Per row, the tokens guessed from its prompt after its last one (greedy rows only, within budget)."""
+        if not self.draft_tokens:
+            return [[] for _ in rows]
+        drafts = []
+        for r in rows:
+            room = min(self.draft_tokens, r.max_new_tokens - len(r.generated) - 1)
+            if r.temperature > 0 or room < 1:
+                drafts.append([])
+                continue
+            if r._lookup is None:
+                r._lookup = PromptLookup(r.prompt_ids)
+            drafts.append(r._lookup.propose(r.generated, room))
+        return drafts
+
+    def _decode_drafted(self, drafts: list[list[int]]) -> None:
+        """One forward pass over each row's last token and its draft; each row keeps the draft tokens its own
+        greedy choice confirms, then the first token it chose differently (or its end). The columns of the
+        rest are masked out of the cache: they become holes like left padding."""
+        b = self.batch
+        width = 1 + max(len(d) for d in drafts)
+        ids = torch.full((len(b.rows), width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((len(b.rows), width), dtype=b.mask.dtype)
+        for i, draft in enumerate(drafts):
+            ids[i, :1 + len(draft)] = torch.tensor([int(b.last[i]), *draft])
+            new_mask[i, :1 + len(draft)] = 1
+        mask = torch.cat([b.mask, new_mask.to(self.device)], dim=1)
+        positions = b.positions[:, None] + torch.arange(width, device=self.device)
+        out = self._forward(ids.to(self.device), mask, positions, b.cache, self._adapter_names(b.rows), keep=width)
+        kept = [0] * len(b.rows)  # draft tokens each row keeps
+        last = b.last.clone()
+        checking = list(range(len(b.rows)))
+        for column in range(width):
+            tokens = self._choose(out[checking, column], [b.rows[i] for i in checking]).tolist()
+            still = []
+            for i, token in zip(checking, tokens, strict=True):
+                last[i] = token
+                if column < len(drafts[i]) and token == drafts[i][column] and not b.rows[i].done:
+                    kept[i] += 1
+                    still.append(i)
+            checking = still
+            if not checking:
+                break
+        for i, n in enumerate(kept):
+            new_mask[i, 1 + n:] = 0
+        self.drafted += sum(len(d) for d in drafts)
+        self.accepted += sum(kept)
+        b.mask = torch.cat([b.mask, new_mask.to(self.device)], dim=1)
+        b.positions = b.positions + 1 + torch.tensor(kept, device=self.device)
+        b.last = last.to(self.device)
 
     # ---- choosing tokens ------------------------------------------------------------------------------
     def _choose(self, out: torch.Tensor, rows: Sequence[Request]) -> torch.Tensor:
@@ -363,28 +387,6 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
         sorted_probs[cut] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
-
-class TextStream:
-    """Incremental detokenisation: `push(ids)` returns the text the new tokens add. Only the tokens since the
-    last complete character are decoded again (a few per call, not the whole reply), as in vLLM's and TGI's
-    detokenisers; an unfinished multi-byte character is held back until it completes."""
-
-    def __init__(self, decode: Callable[[list[int]], str]):
-        self.decode = decode
-        self.text = ""
-        self._prefix_offset = 0
-        self._read_offset = 0
-
-    def push(self, ids: Sequence[int]) -> str:
-        settled = self.decode(list(ids[self._prefix_offset:self._read_offset]))
-        current = self.decode(list(ids[self._prefix_offset:]))
-        if len(current) <= len(settled) or current.endswith("\ufffd"):
-            return ""
-        piece = current[len(settled):]
-        self.text += piece
-        self._prefix_offset, self._read_offset = self._read_offset, len(ids)
-        return piece
 
 
 def common_prefix(prompts: Sequence[Sequence[int]], keep_last: int = 1) -> list[int]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from tasktune.model.decode import Decoder, Request, TextStream
+from tasktune.model.decode import Decoder, Request
+from tasktune.model.text_stream import TextStream
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 """End-of-turn tokens of common chat templates, added to the stop ids when the vocabulary has them."""

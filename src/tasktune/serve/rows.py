@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tasktune.model.decode import TextStream
+from tasktune.model.text_stream import TextStream
 
 if TYPE_CHECKING:
     from tasktune.serve.engine import Job
@@ -29,7 +29,7 @@ Event = str | Result | BaseException
 class Row:
     """One job's progress inside the decoder: its ids, its decoded text, what was already streamed.
 
-    The streamed text grows incrementally (model/decode.py's TextStream); the final text is decoded whole.
+    The streamed text grows incrementally (model/text_stream.py); the final text is decoded whole.
     """
 
     def __init__(self, job: Job, decode: Callable[[list[int]], str]):

@@ -1,0 +1,95 @@
+"""Prompt lookup decoding: guesses copied from the prompt are verified in one pass and change no reply."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from tasktune.model.decode import Decoder, Request, common_prefix
+from tasktune.model.lookup import PromptLookup
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+
+def test_lookup_proposes_what_followed_the_longest_latest_match():
+    lookup = PromptLookup([5, 6, 7, 8, 9, 6, 7, 1, 2, 3])
+    assert lookup.propose([6, 7], 3) == [1, 2, 3]  # the latest "6 7" wins
+    assert lookup.propose([5, 6, 7], 2) == [8, 9]  # the longest tail wins over the later "6 7"
+    assert lookup.propose([4, 4, 9], 5) == [6, 7, 1, 2, 3]  # falls back to the last token alone
+    assert lookup.propose([2], 4) == [3]  # cut at the prompt's end
+    assert lookup.propose([3], 4) == []  # the prompt's last token has no follower
+    assert lookup.propose([42], 4) == [] and lookup.propose([], 4) == [] and lookup.propose([6], 0) == []
+
+
+class _Oracle:
+    """Guesses the true continuation of a reply, spoiled at every `spoil`-th position (a wrong token)."""
+
+    def __init__(self, truth: list[int], spoil: int):
+        self.truth, self.spoil = truth, spoil
+
+    def propose(self, generated, k: int) -> list[int]:
+        start = len(generated)
+        guess = self.truth[start:start + k]
+        return [t + 1 if (start + j) % self.spoil == self.spoil - 1 else t for j, t in enumerate(guess)]
+
+
+def _prompts() -> list[list[int]]:
+    torch.manual_seed(5)
+    shared = torch.randint(10, 900, (6,)).tolist()
+    return [shared + torch.randint(10, 900, (n,)).tolist() for n in (3, 8, 1, 5, 2)]
+
+
+def _run(model, prompts, limits, draft_tokens, max_batch, lookups=None):
+    decoder = Decoder(model, [5], pad_id=0, max_batch=max_batch, prefix_ids=common_prefix(prompts),
+                      draft_tokens=draft_tokens)
+    requests = [Request(p, n) for p, n in zip(prompts, limits, strict=True)]
+    for r, lookup in zip(requests, lookups or [None] * len(requests), strict=True):
+        r._lookup = lookup
+    decoder.run(requests)
+    return decoder, requests
+
+
+@pytest.mark.parametrize("max_batch,spoil", [(2, 3), (5, 4), (5, 1000)])
+def test_drafted_decoding_gives_the_same_replies_in_fewer_passes(tiny, max_batch, spoil):
+    prompts, limits = _prompts(), [9, 14, 6, 11, 13]
+    plain, expected = _run(tiny, prompts, limits, 0, max_batch)
+    truths = [r.generated + [5] for r in expected]  # the stop token too: a guess may run into the end
+    drafted, got = _run(tiny, prompts, limits, 4, max_batch, [_Oracle(t, spoil) for t in truths])
+    assert [r.generated for r in got] == [r.generated for r in expected]
+    assert [r.finish_reason for r in got] == [r.finish_reason for r in expected]
+    assert drafted.accepted > 0 and drafted.forward_passes < plain.forward_passes
+    if spoil < 1000:  # spoiled guesses are turned down, not kept
+        assert drafted.drafted > drafted.accepted
+
+
+def test_prompt_lookup_under_a_constraint_changes_no_reply(noisy_llama, monkeypatch):
+    from tasktune.evaluate.generate import generate_texts
+
+    model, tokenizer = noisy_llama
+    kept: list[int] = []
+    finish = Decoder._decode_drafted
+
+    def spy(self, drafts):
+        finish(self, drafts)
+        kept.append(self.accepted)
+
+    monkeypatch.setattr(Decoder, "_decode_drafted", spy)
+    rng = random.Random(0)
+    words = ["Maria", "Lopez", "flew", "to", "Madrid", "with", "Acme", "Corp", "on", "Monday", "the", "team"]
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(6)]
+    conversations = [[{"role": "user", "content": f"Tag: {s}"}] for s in sentences]
+    constraint = [{"type": "copy_inline", "text": s, "labels": ["PER", "LOC", "ORG"]} for s in sentences]
+    runs = [generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, draft_tokens=k)
+            for k in (0, 4)]
+    assert runs[0].texts == runs[1].texts and runs[0].truncated == runs[1].truncated
+    assert kept and kept[-1] > 0  # guesses were made and some were kept
+    for text, sentence in zip(runs[1].texts, sentences, strict=True):  # each reply copies its sentence
+        assert sentence.startswith(re.sub(r"\|[A-Z]+\]", "", text).replace("[", ""))

@@ -10,6 +10,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from tasktune.model.attention import cpu_attention
 from tasktune.train.fused_ce import final_hidden_states, final_norm_and_head, linear_cross_entropy_sum
 
 IGNORE = -100
@@ -83,8 +84,14 @@ def summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
 
     Only target positions reach the output projection (with a 49k vocabulary and loss on assistant tokens
     only, most of it is skipped), and for the usual decoder families the projection and the loss are fused
-    (train/fused_ce.py): no [targets, vocabulary] logits are kept for backward.
+    (train/fused_ce.py): no [targets, vocabulary] logits are kept for backward. On the CPU, attention shares
+    one additive mask across layers and keeps unrepeated key/value heads (model/attention.py).
     """
+    with cpu_attention(model, short_queries=False):
+        return _summed_loss(model, batch)
+
+
+def _summed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     targets = shifted_targets(batch["labels"])
     keep = targets != IGNORE
     inputs = {"input_ids": batch["input_ids"], "use_cache": False}

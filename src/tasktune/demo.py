@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from tasktune.config.load import load_config
+from tasktune.runtime import preload_allocator
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "ner-demo.yaml"
@@ -61,4 +62,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    preload_allocator("tasktune.demo", sys.argv[1:])
     sys.exit(main())

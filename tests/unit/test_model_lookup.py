@@ -23,10 +23,11 @@ def test_lookup_proposes_what_followed_the_longest_latest_match():
     lookup = PromptLookup([5, 6, 7, 8, 9, 6, 7, 1, 2, 3])
     assert lookup.propose([6, 7], 3) == [1, 2, 3]  # the latest "6 7" wins
     assert lookup.propose([5, 6, 7], 2) == [8, 9]  # the longest tail wins over the later "6 7"
-    assert lookup.propose([4, 4, 9], 5) == [6, 7, 1, 2, 3]  # falls back to the last token alone
-    assert lookup.propose([2], 4) == [3]  # cut at the prompt's end
-    assert lookup.propose([3], 4) == []  # the prompt's last token has no follower
-    assert lookup.propose([42], 4) == [] and lookup.propose([], 4) == [] and lookup.propose([6], 0) == []
+    assert lookup.propose([4, 8, 9], 5) == [6, 7, 1, 2, 3]  # falls back to the last two tokens
+    assert lookup.propose([4, 4, 9], 5) == []  # one token alone is no match
+    assert lookup.propose([1, 2], 4) == [3]  # cut at the prompt's end
+    assert lookup.propose([2, 3], 4) == []  # the prompt's last tokens have no follower
+    assert lookup.propose([42, 6], 4) == [] and lookup.propose([6], 4) == [] and lookup.propose([6, 7], 0) == []
 
 
 class _Oracle:
@@ -70,26 +71,33 @@ def test_drafted_decoding_gives_the_same_replies_in_fewer_passes(tiny, max_batch
         assert drafted.drafted > drafted.accepted
 
 
-def test_prompt_lookup_under_a_constraint_changes_no_reply(noisy_llama, monkeypatch):
+def test_guesses_under_a_copy_constraint_change_no_reply(noisy_llama, monkeypatch):
+    """Through the evaluation path (generate_texts), constrained rows, partly wrong guesses: same replies."""
+    import tasktune.model.decode as decode
     from tasktune.evaluate.generate import generate_texts
 
     model, tokenizer = noisy_llama
-    kept: list[int] = []
-    finish = Decoder._decode_drafted
+    decoders: list[tuple[Decoder, list[Request]]] = []
+    run = Decoder.run
 
-    def spy(self, drafts):
-        finish(self, drafts)
-        kept.append(self.accepted)
+    def spy(self, requests, progress=None):
+        run(self, requests, progress)
+        decoders.append((self, list(requests)))
 
-    monkeypatch.setattr(Decoder, "_decode_drafted", spy)
+    monkeypatch.setattr(Decoder, "run", spy)
     rng = random.Random(0)
     words = ["Maria", "Lopez", "flew", "to", "Madrid", "with", "Acme", "Corp", "on", "Monday", "the", "team"]
     sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(6)]
     conversations = [[{"role": "user", "content": f"Tag: {s}"}] for s in sentences]
     constraint = [{"type": "copy_inline", "text": s, "labels": ["PER", "LOC", "ORG"]} for s in sentences]
-    runs = [generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, draft_tokens=k)
-            for k in (0, 4)]
-    assert runs[0].texts == runs[1].texts and runs[0].truncated == runs[1].truncated
-    assert kept and kept[-1] > 0  # guesses were made and some were kept
-    for text, sentence in zip(runs[1].texts, sentences, strict=True):  # each reply copies its sentence
-        assert sentence.startswith(re.sub(r"\|[A-Z]+\]", "", text).replace("[", ""))
+    plain = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, draft_tokens=0)
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    truths = {tuple(r.prompt_ids): r.generated + [stop] for r in decoders[0][1]}
+    monkeypatch.setattr(decode, "PromptLookup", lambda prompt: _Oracle(truths[tuple(prompt)], spoil=3))
+    guessed = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, draft_tokens=4)
+    assert guessed.texts == plain.texts and guessed.truncated == plain.truncated
+    decoder = decoders[1][0]
+    assert decoder.accepted > 0 and decoder.drafted > decoder.accepted
+    assert decoder.forward_passes < decoders[0][0].forward_passes
+    for text, sentence in zip(plain.texts, sentences, strict=True):  # each reply copies its sentence
+        assert sentence.startswith(re.sub(r"\|[A-Z]+\]", "", text).replace("[", "").replace("  ", " ").strip())

@@ -223,9 +223,11 @@ class Decoder:
         b.last = self._choose(logits, b.rows).to(self.device)
 
     def _drafts(self, rows: Sequence[Request]) -> list[list[int]]:
-        """Per row, the tokens guessed from its prompt after its last one (greedy rows only, within budget)."""
+        """Per row, the tokens guessed from its prompt after its last one (greedy rows only, within budget);
+        none at all unless at least half the rows have a guess: every row pays for the widest one."""
+        drafts: list[list[int]] = [[] for _ in rows]
         if not self.draft_tokens:
-            return [[] for _ in rows]
+            return drafts
         drafts = []
         for r in rows:
             room = min(self.draft_tokens, r.max_new_tokens - len(r.generated) - 1)
@@ -235,6 +237,8 @@ class Decoder:
             if r._lookup is None:
                 r._lookup = PromptLookup(r.prompt_ids)
             drafts.append(r._lookup.propose(r.generated, room))
+        if 2 * sum(1 for d in drafts if d) < len(rows):
+            return [[] for _ in rows]
         return drafts
 
     def _decode_drafted(self, drafts: list[list[int]]) -> None:

@@ -71,11 +71,11 @@ def _spare_layer() -> type:
                 self.lazy_initialization(keys, values)
                 self._grow([keys], [values])
 
-        def _grow(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-            """New buffers holding the column blocks `keys`/`values` one after the other, then spare columns
-            (each block copied once, no concatenation first)."""
+        def _grow(self, keys: list[torch.Tensor], values: list[torch.Tensor], spare: int = SPARE_COLUMNS) -> None:
+            """New buffers holding the column blocks `keys`/`values` one after the other, then `spare` free
+            columns (each block copied once, no concatenation first)."""
             length = sum(k.shape[-2] for k in keys)
-            shape = (*keys[0].shape[:-2], length + SPARE_COLUMNS, keys[0].shape[-1])
+            shape = (*keys[0].shape[:-2], length + spare, keys[0].shape[-1])
             self.buf_k, self.buf_v = keys[0].new_empty(shape), values[0].new_empty(shape)
             at = 0
             for k, v in zip(keys, values, strict=True):
@@ -93,8 +93,8 @@ def _spare_layer() -> type:
             if not self.is_initialized or self.length == 0:
                 self.lazy_initialization(key_states, value_states)
                 self._grow([key_states], [value_states])
-            elif self.length + new > self.buf_k.shape[-2]:
-                self._grow([self.keys, key_states], [self.values, value_states])
+            elif self.length + new > self.buf_k.shape[-2]:  # room for as many steps of this width (drafts)
+                self._grow([self.keys, key_states], [self.values, value_states], SPARE_COLUMNS * min(new, 8))
             else:
                 self.buf_k[..., self.length:self.length + new, :] = key_states
                 self.buf_v[..., self.length:self.length + new, :] = value_states

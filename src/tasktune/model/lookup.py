@@ -13,24 +13,27 @@ from collections.abc import Sequence
 
 MAX_NGRAM = 3
 """Longest run of a reply's last tokens looked up in its prompt (longer matches are tried first)."""
+MIN_NGRAM = 2
+"""Shortest run that counts as a match: a single common token ("the", ",") occurs in most prompts and would
+make guesses that are mostly wrong and cost a wider forward pass."""
 
 
 class PromptLookup:
-    """Where each n-gram (n = 1..MAX_NGRAM) of one prompt last occurs, to propose what followed it."""
+    """Where each n-gram (n = MIN_NGRAM..MAX_NGRAM) of one prompt last occurs, to propose what followed it."""
 
     def __init__(self, prompt: Sequence[int]):
         self.prompt = list(prompt)
         self._ends: dict[tuple[int, ...], int] = {}
-        for n in range(1, MAX_NGRAM + 1):
+        for n in range(MIN_NGRAM, MAX_NGRAM + 1):
             for end in range(n, len(self.prompt)):  # an n-gram ending on the prompt's last token has no follower
                 self._ends[tuple(self.prompt[end - n:end])] = end
 
     def propose(self, generated: Sequence[int], k: int) -> list[int]:
         """Up to `k` prompt tokens after the latest occurrence of the longest tail of `generated` found in the
-        prompt; [] when none of its last tokens occur there (or `k` < 1)."""
-        if k < 1 or not generated:
+        prompt; [] when no run of at least MIN_NGRAM of its last tokens occurs there (or `k` < 1)."""
+        if k < 1:
             return []
-        for n in range(min(MAX_NGRAM, len(generated)), 0, -1):
+        for n in range(min(MAX_NGRAM, len(generated)), MIN_NGRAM - 1, -1):
             end = self._ends.get(tuple(generated[-n:]))
             if end is not None:
                 return self.prompt[end:end + k]

@@ -114,25 +114,32 @@ def test_fsdp2_full_shard_saves_a_correct_adapter(tiny_llama_dir, colours, tmp_p
 
 
 @pytest.mark.skipif(GPUS == 1, reason="DeepSpeed runs 2 processes on 2 GPUs or on the CPU; 1 GPU here")
-@pytest.mark.parametrize("stage", [
-    pytest.param(2, marks=pytest.mark.skipif(not os.environ.get("TASKTUNE_ZERO2"), reason=(
-        "ZeRO-2 takes the same accelerate/DeepSpeed path as ZeRO-3 (run here too), left out of `make test` for "
-        "time; TASKTUNE_ZERO2=1 runs it"))),
-    3])
-def test_deepspeed_zero_accumulates_and_saves(tiny_llama_dir, colours, tmp_path, stage):
+@pytest.mark.skipif(not os.environ.get("TASKTUNE_ZERO2"), reason=(
+    "ZeRO-2 takes the same accelerate/DeepSpeed path as ZeRO-3 (run here too), left out of `make test` for time; "
+    "TASKTUNE_ZERO2=1 runs it"))
+def test_deepspeed_zero2_accumulates_and_saves(tiny_llama_dir, colours, tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make setup installs it)")
-    _two_against_one(tiny_llama_dir, colours, tmp_path, DEEPSPEED.format(stage=stage), "DEEPSPEED")
+    _two_against_one(tiny_llama_dir, colours, tmp_path, DEEPSPEED.format(stage=2), "DEEPSPEED")
 
 
 @pytest.mark.skipif(GPUS == 1, reason="DeepSpeed runs 2 processes on 2 GPUs or on the CPU; 1 GPU here")
-def test_deepspeed_zero3_resumes_exactly(tiny_llama_dir, colours, tmp_path):
-    """4 steps straight == 2 steps, stop, resume under the same plugin for 2 more (losses and adapter).
-    ZeRO-3 only (ZeRO-2 saves and loads through the same accelerate calls; it passed too, and costs a minute)."""
+def test_deepspeed_zero3_accumulates_saves_and_resumes_exactly(tiny_llama_dir, colours, tmp_path):
+    """2 processes x grad_accum 2 under ZeRO-3 == 1 process x grad_accum 4 (losses and adapter); and those
+    4 steps straight == 2 steps, stop, resume under the same plugin for 2 more. One DeepSpeed run serves both
+    checks (each launch costs half a minute here)."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (make setup installs it)")
     config = DEEPSPEED.format(stage=3)
-    steps = ["train.max_steps=4", "train.save_steps=2", "train.grad_accum=2"]
+    steps = ["train.max_steps=4", "train.save_steps=2"]
+    single = tmp_path / "single"
+    train(load_config(None, _args(tiny_llama_dir, colours, single, *steps, "train.grad_accum=4")))
     straight = tmp_path / "straight"
-    _launch(_args(tiny_llama_dir, colours, straight, *steps), config, tmp_path)
+    steps.append("train.grad_accum=2")
+    stdout = _launch(_args(tiny_llama_dir, colours, straight, *steps), config, tmp_path)
+    assert "distributed: DEEPSPEED, 2 processes" in stdout  # the plugin asked for, not a silent fallback
+    assert len(_losses(straight)) == 4 and _losses(straight) == pytest.approx(_losses(single), rel=1e-4)
+    assert not (straight / "dist" / "prepared_data.pkl").exists()  # the shared data cache is cleaned up
+    torch.testing.assert_close(_adapter_logits(tiny_llama_dir, straight / "adapter"),
+                               _adapter_logits(tiny_llama_dir, single / "adapter"), atol=1e-4, rtol=1e-4)
     checkpoint = straight / "checkpoints" / "step-2"
     assert (checkpoint / "accelerate_sharded").is_dir()  # DeepSpeed's own sharded files, not a rank-0 copy
     # "Stop" at step 2: a fresh output dir holding only what existed when step 2 was saved.
@@ -144,7 +151,6 @@ def test_deepspeed_zero3_resumes_exactly(tiny_llama_dir, colours, tmp_path):
     stdout = _launch(_args(tiny_llama_dir, colours, resumed, *steps, "train.resume_from_checkpoint=latest"),
                      config, tmp_path)
     assert "resumed from" in stdout and "distributed: DEEPSPEED, 2 processes" in stdout
-    assert len(_losses(straight)) == 4
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
     torch.testing.assert_close(_adapter_logits(tiny_llama_dir, resumed / "adapter"),
                                _adapter_logits(tiny_llama_dir, straight / "adapter"), atol=1e-5, rtol=1e-5)

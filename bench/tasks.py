@@ -62,7 +62,7 @@ TARGET_ROWS = [
      6920, None, ["train.num_epochs=1"]),
     # XQuAD-en and WMT22 ship one split each: the example configs train on its head and score the rest.
     ("qa-squad generate, span-constrained (SmolLM2 LoRA) [XQuAD-en held out]", "qa-squad.yaml", 800, None,
-     ["train.num_epochs=1"]),
+     ["train.num_epochs=3", "train.grad_accum=1"]),
     ("mt-wmt22-zh-en generate (SmolLM2 LoRA) [WMT22 held out]", "mt-wmt22-zh-en.yaml", 800, None,
      ["train.num_epochs=1", "eval.max_new_tokens=128"]),
 ]

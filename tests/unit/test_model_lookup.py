@@ -101,3 +101,31 @@ def test_guesses_under_a_copy_constraint_change_no_reply(noisy_llama, monkeypatc
     assert decoder.forward_passes < decoders[0][0].forward_passes
     for text, sentence in zip(plain.texts, sentences, strict=True):  # each reply copies its sentence
         assert sentence.startswith(re.sub(r"\|[A-Z]+\]", "", text).replace("[", "").replace("  ", " ").strip())
+
+
+def test_a_full_batch_guesses_only_once_it_has_drained(tiny):
+    """64 token positions per pass: 40 rows take no guesses; as they finish, the rest do (same replies)."""
+    from tasktune.model.decode import DRAFT_POSITIONS
+
+    torch.manual_seed(7)
+    prompts = [torch.randint(10, 900, (4,)).tolist() for _ in range(40)]
+    limits = [2] * 30 + [10] * 10  # 30 rows leave after two tokens, 10 go on
+    _, expected = _run(tiny, prompts, limits, 0, 40)
+    truths = [r.generated + [5] for r in expected]
+    seen: list[int] = []
+    drafts = Decoder._drafts
+
+    def spy(self, rows):
+        guessed = drafts(self, rows)
+        if any(guessed):
+            seen.append(len(rows))
+        return guessed
+
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=40, draft_tokens=4)
+    decoder._drafts = spy.__get__(decoder)
+    requests = [Request(p, n) for p, n in zip(prompts, limits, strict=True)]
+    for r, truth in zip(requests, truths, strict=True):
+        r._lookup = _Oracle(truth, 1000)
+    decoder.run(requests)
+    assert [r.generated for r in requests] == [r.generated for r in expected]
+    assert seen and max(seen) * 2 <= DRAFT_POSITIONS and decoder.accepted > 0

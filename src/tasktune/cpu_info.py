@@ -10,4 +10,4 @@ from tasktune.runtime import configure_threads, loaded_allocator, preload_alloca
 if __name__ == "__main__":
     preload_allocator("tasktune.cpu_info", sys.argv[1:])
     print(f"allocator {loaded_allocator() or 'system'}; threads {configure_threads()}; "
-          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}")
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}; GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT')}")

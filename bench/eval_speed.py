@@ -8,8 +8,7 @@ Rows (each printed with its ratio against the baseline of its group, all measure
                   (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
                   prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens,
-                  prompt lookup drafts (eval.draft_tokens, default 4)
-    tt-no-drafts  the same with eval.draft_tokens=0 (one token per forward pass)
+    tt-drafts     the same with prompt lookup drafts (eval.draft_tokens=4; the default is 0)
     lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), when .bench/lf-venv
                   exists (bench/setup_llamafactory.sh); otherwise the row says it was skipped
   single stream (one chat prompt, 64 new tokens, the same thread count):
@@ -190,7 +189,7 @@ def main() -> None:
     if adapter:  # folded in, as `tasktune eval` does (model/fold.py)
         fp32, bf16 = fold_adapter(fp32)[0], fold_adapter(bf16)[0]
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-no-drafts": []}
+    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-drafts": []}
     stream: dict[str, list[float]] = {}
     f1s: dict[str, float | None] = {}
     drafts = cfg.eval.draft_tokens
@@ -200,7 +199,7 @@ def main() -> None:
             if name == "hf-generate":
                 eval_s[name].append(hf_generate_loop(fp32, tokenizer, prompts, args.max_new, args.batch))
             else:
-                cfg.eval.draft_tokens = 0 if name == "tt-no-drafts" else drafts
+                cfg.eval.draft_tokens = 4 if name == "tt-drafts" else drafts
                 scored = predict(cfg, spec, bf16, tokenizer, rows, progress=False)
                 eval_s[name].append(scored.seconds)
                 f1s[name] = scored.scores.get("f1")
@@ -222,7 +221,7 @@ def main() -> None:
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
     else:
         print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
-    print(f"entity F1 on these rows: tasktune {f1s['tasktune']}, tt-no-drafts {f1s['tt-no-drafts']}")
+    print(f"entity F1 on these rows: tasktune {f1s['tasktune']}, tt-drafts {f1s['tt-drafts']}")
     print(f"\nsingle stream, {args.max_new} new tokens, {threads} threads")
     print(f"{'run':<14}{'tokens/s':>9}{'vs hf':>8}")
     hf = statistics.median(stream["hf-stream"])

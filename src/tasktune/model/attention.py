@@ -44,8 +44,8 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
     """query [B, H, q, D], key/value [B, KV, L, D], a boolean mask [B, 1, q, L] (True: attend) or None
-    (causal) -> ([B, q, H, D], None), the signature of transformers' attention functions."""
-
+    (causal, unless the module or call says otherwise) -> ([B, q, H, D], None), the signature of
+    transformers' attention functions."""
     rows, heads, q, dim = query.shape
     kv_heads, columns = key.shape[1], key.shape[2]
     plain = (dropout == 0.0 and q <= MAX_QUERY and heads % kv_heads == 0 and kwargs.get("softcap") is None
@@ -59,10 +59,8 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     scores = torch.matmul(query.reshape(rows, kv_heads, group * q, dim), key.transpose(-1, -2))
     scores = scores.view(rows, kv_heads, group, q, columns).float() * scale
     if attention_mask is None:
-        causal = kwargs.get("is_causal")
-        causal = getattr(module, "is_causal", True) if causal is None else causal
         attention_mask = torch.ones((q, columns), dtype=torch.bool, device=query.device)
-        attention_mask = (attention_mask.tril(columns - q) if causal else attention_mask)[None, None]
+        attention_mask = (attention_mask.tril(columns - q) if _causal(module, kwargs) else attention_mask)[None, None]
     # a finite fill: a row with nothing to attend (left padding) gets uniform weights, not NaN
     scores = scores.masked_fill(~attention_mask[:, :, None], torch.finfo(torch.float32).min)
     weights = torch.softmax(scores, dim=-1).to(value.dtype).view(rows, kv_heads, group * q, columns)
@@ -82,13 +80,17 @@ def shared_mask_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
                                       **kwargs)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = additive_mask(attention_mask, query.dtype)
-    causal = kwargs.get("is_causal")
-    causal = getattr(module, "is_causal", True) if causal is None else causal
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
-        is_causal=bool(causal and attention_mask is None and query.shape[2] > 1),
+        is_causal=bool(_causal(module, kwargs) and attention_mask is None and query.shape[2] > 1),
         enable_gqa=key.shape[1] != query.shape[1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _causal(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
+    """The call's `is_causal`, else the module's (decoders), else True; encoders set it False."""
+    causal = kwargs.get("is_causal")
+    return getattr(module, "is_causal", True) if causal is None else causal
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -218,8 +218,8 @@ class Decoder:
 
     def _decode_one(self) -> None:
         b = self.batch
-        drafts = self._drafts(b.rows)
-        if any(drafts):
+        drafts = self._drafts(b.rows) if self.draft_tokens else None
+        if drafts is not None:
             self._decode_drafted(drafts)
             return
         mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=self.device)], dim=1)
@@ -228,15 +228,14 @@ class Decoder:
         b.positions = b.positions + 1
         b.last = self._choose(logits, b.rows).to(self.device)
 
-    def _drafts(self, rows: Sequence[Request]) -> list[list[int]]:
+    def _drafts(self, rows: Sequence[Request]) -> list[list[int]] | None:
         """Per row, the tokens guessed from its prompt after its last one (greedy rows only, within budget);
-        none at all unless at least half the rows have a guess (every row pays for the widest one) and the
-        pass stays within DRAFT_POSITIONS (a full batch decodes one token per row per pass)."""
-        drafts: list[list[int]] = [[] for _ in rows]
+        None (one token per row) unless at least half the rows have a guess (every row pays for the widest
+        one) and the pass stays within DRAFT_POSITIONS (a full batch decodes one token per row per pass)."""
         guesses = min(self.draft_tokens, DRAFT_POSITIONS // max(1, len(rows)) - 1)
         if guesses < 1:
-            return drafts
-        drafts = []
+            return None
+        drafts: list[list[int]] = []
         for r in rows:
             room = min(guesses, r.max_new_tokens - len(r.generated) - 1)
             if r.temperature > 0 or room < 1:
@@ -245,9 +244,7 @@ class Decoder:
             if r._lookup is None:
                 r._lookup = PromptLookup(r.prompt_ids)
             drafts.append(r._lookup.propose(r.generated, room))
-        if 2 * sum(1 for d in drafts if d) < len(rows):
-            return [[] for _ in rows]
-        return drafts
+        return drafts if 2 * sum(1 for d in drafts if d) >= len(rows) else None
 
     def _decode_drafted(self, drafts: list[list[int]]) -> None:
         """One forward pass over each row's last token and its draft; each row keeps the draft tokens its own
@@ -277,11 +274,12 @@ class Decoder:
             checking = still
             if not checking:
                 break
+        start = b.mask.shape[1]
         for i, n in enumerate(kept):
-            new_mask[i, 1 + n:] = 0
+            mask[i, start + 1 + n:] = 0
         self.drafted += sum(len(d) for d in drafts)
         self.accepted += sum(kept)
-        b.mask = torch.cat([b.mask, new_mask.to(self.device)], dim=1)
+        b.mask = mask
         b.positions = b.positions + 1 + torch.tensor(kept, device=self.device)
         b.last = last.to(self.device)
 

@@ -77,6 +77,13 @@ class TaskConfig:
     """ner heads: training adds this x log(share of each tag among the training words) to the tag scores (the
     logit-adjusted loss, Menon et al. 2021), so rare entity tags are not drowned by O on sparse data (a head
     that predicts only O); predictions use the plain scores. 0: off."""
+    head_prompt: bool = False
+    """classify heads on a chat model: the head reads the task's prompt (instruction, text, the assistant's turn
+    opened) instead of the bare text, and starts as the model's own answer: its weights are the output
+    embeddings of each label's first token. Learns faster than a bare-text head from a random start."""
+    case_features: bool = False
+    """ner heads on an uncased BERT-style encoder (minilm-l6): each token's original casing (lower, Capitalised,
+    UPPER, mixed, no letters) enters as its token type, since the tokenizer lowercases it away."""
     max_seq_length: int = 384
     """Heads: longest input in tokens; longer ner texts and qa contexts are split into overlapping windows,
     longer classify texts are truncated (reported)."""
@@ -148,6 +155,10 @@ class TaskConfig:
                     raise ConfigError(f"task.class_weights: weights must be positive numbers, got {weights}")
             elif weights != "balanced":
                 raise ConfigError(f"task.class_weights={weights!r}: expected balanced or a map {{label: weight}}")
+        if self.head_prompt and (self.method != "head" or self.name != "classify"):
+            raise ConfigError("task.head_prompt=true needs task.name=classify and task.method=head")
+        if self.case_features and (self.method != "head" or self.name != "ner"):
+            raise ConfigError("task.case_features=true needs task.name=ner and task.method=head")
         if self.logit_adjustment < 0:
             raise ConfigError(f"task.logit_adjustment={self.logit_adjustment}: must be >= 0 (0 turns it off)")
         if self.max_seq_length < 16:

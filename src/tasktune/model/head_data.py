@@ -22,6 +22,7 @@ from tasktune.config.schema import Config, ConfigError
 from tasktune.config.task import TaskConfig
 from tasktune.data.pipeline import PreparedData, split_val
 from tasktune.data.report import DataError, RejectReport
+from tasktune.model.case_types import case_type_ids
 from tasktune.tasks import bio, task_rows
 from tasktune.tasks.base import has_cjk
 
@@ -137,8 +138,34 @@ def _windows(tokenizer, first: str, second: str | None, spec: TaskConfig, stride
     )
 
 
-def classify_units(text: str, tokenizer, spec: TaskConfig) -> tuple[list[dict[str, Any]], int | None]:
-    """One unit (the first max_seq_length tokens), and the text's full length in tokens when it was cut."""
+PromptFrame = tuple[list[int], list[int]]
+_TEXT_SLOT = "\x00TEXT\x00"
+
+
+def prompt_frame(tokenizer, spec: TaskConfig) -> PromptFrame:
+    """task.head_prompt: the token ids before and after the text in the task's chat prompt (user message =
+    instruction + text, then the assistant's turn opened, as the generative route asks)."""
+    from tasktune.tasks.classify import instruction
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("task.head_prompt=true needs a chat model: this tokenizer has no chat template")
+    chat = [{"role": "user", "content": f"{instruction(spec)}\n{_TEXT_SLOT}"}]
+    before, after = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False).split(_TEXT_SLOT)
+    return (tokenizer(before, add_special_tokens=False)["input_ids"],
+            tokenizer(after, add_special_tokens=False)["input_ids"])
+
+
+def classify_units(text: str, tokenizer, spec: TaskConfig,
+                   frame: PromptFrame | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """One unit (the first max_seq_length tokens; with a prompt frame, the text cut to fit between its two
+    parts), and the text's full length in tokens when it was cut."""
+    if frame is not None:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = spec.max_seq_length - len(frame[0]) - len(frame[1])
+        if room < 1:
+            raise ConfigError(f"task.max_seq_length={spec.max_seq_length} leaves no room for the text after the "
+                              f"{len(frame[0]) + len(frame[1])}-token prompt of task.head_prompt")
+        return [{"input_ids": frame[0] + ids[:room] + frame[1]}], len(ids) if len(ids) > room else None
     encoding = _windows(tokenizer, text, None, spec, 0)
     cut = len(tokenizer(text)["input_ids"]) if len(encoding["input_ids"]) > 1 else None
     return [_inputs(tokenizer, encoding, 0)], cut
@@ -162,6 +189,8 @@ def ner_units(text: str, tokenizer, spec: TaskConfig) -> tuple[list[dict[str, An
             if first:
                 seen.add(start)
         unit["word_index"] = index
+        if spec.case_features:
+            unit["token_type_ids"] = case_type_ids(text, encoding["offset_mapping"][i], encoding.sequence_ids(i))
         units.append(unit)
     return units, words
 
@@ -219,9 +248,10 @@ def encode_rows(rows: list[Any], spec: TaskConfig, tokenizer, targets: bool = Fa
     """The units of task rows for the head of spec.name; with targets: labels / start and end positions."""
     encoded = Encoded([])
     tags = {name: i for i, name in enumerate(head_labels(spec))}
+    frame = prompt_frame(tokenizer, spec) if spec.head_prompt else None
     for number, row in enumerate(rows):
         if spec.name == "classify":
-            units, cut = classify_units(row.text, tokenizer, spec)
+            units, cut = classify_units(row.text, tokenizer, spec, frame)
             encoded.truncated += cut is not None
             if cut is not None and report is not None:
                 report.add_truncated(row.source, cut, spec.max_seq_length)

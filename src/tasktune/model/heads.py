@@ -21,8 +21,9 @@ from torch import nn
 from tasktune.config.schema import Config, ConfigError, LoraConfig, ModelConfig, TrainConfig
 from tasktune.config.task import TaskConfig
 from tasktune.model.adapters import count_parameters
+from tasktune.model.case_types import widen_token_types
 from tasktune.model.crf import CRF
-from tasktune.model.head_data import IGNORE, allowed_transitions, head_labels, tag_log_prior
+from tasktune.model.head_data import IGNORE, allowed_transitions, head_labels, prompt_frame, tag_log_prior
 from tasktune.model.load import resolve_model_dir, weight_dtype
 
 HEAD_FILE = "head.json"
@@ -51,17 +52,25 @@ class HeadInfo:
     doc_stride: int = 128
     max_answer_length: int = 30
     text_field: str | None = None
+    case_features: bool = False
+    prompt_instruction: str | None = None
+    """classify with task.head_prompt: the instruction of the prompt the head reads; None: the bare text."""
 
     @classmethod
     def from_spec(cls, spec: TaskConfig, base_model: str) -> HeadInfo:
+        from tasktune.tasks.classify import instruction
+
         return cls(spec.name, list(spec.labels) if spec.labels else None, head_labels(spec), str(base_model),
-                   spec.use_crf, spec.max_seq_length, spec.doc_stride, spec.max_answer_length, spec.text_field)
+                   spec.use_crf, spec.max_seq_length, spec.doc_stride, spec.max_answer_length, spec.text_field,
+                   spec.case_features, instruction(spec) if spec.head_prompt else None)
 
     def spec(self) -> TaskConfig:
         """A task config that reads and windows inputs as in training."""
         return TaskConfig(name=self.task, method="head", labels=self.labels, use_crf=self.use_crf,
                           max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
-                          max_answer_length=self.max_answer_length, text_field=self.text_field)
+                          max_answer_length=self.max_answer_length, text_field=self.text_field,
+                          case_features=self.case_features,
+                          head_prompt=self.prompt_instruction is not None, instruction=self.prompt_instruction)
 
 
 def _compact(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +92,8 @@ class TaskHead(nn.Module):
         self.net = net
         self.info = info
         self.crf = crf
+        self.prefix_ids: list[int] = []
+        """The prompt's tokens before the text (task.head_prompt), encoded once per batch; empty: none."""
         self.new_modules = list(new_modules)
         """Modules of `net` the checkpoint did not have (the new head): trained in full under LoRA."""
         self.register_buffer("tag_shift", None, persistent=False)
@@ -94,7 +105,7 @@ class TaskHead(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        out = self.net(**inputs)
+        out = self._backbone(inputs)
         if self.info.task == "qa":
             result = {"start_logits": out.start_logits, "end_logits": out.end_logits}
             if start_positions is not None:
@@ -105,6 +116,25 @@ class TaskHead(nn.Module):
         if labels is not None:
             result["loss"] = self._loss(out.logits, labels, weights)
         return result
+
+    def _backbone(self, inputs: dict[str, torch.Tensor]):
+        """`net`'s output. With a prompt prefix every row starts with (task.head_prompt), the prefix is encoded
+        once, as one row, and its keys and values serve every row: the same result for about half the work."""
+        ids, p = inputs["input_ids"], len(self.prefix_ids)
+        if not p or ids.shape[1] <= p or "token_type_ids" in inputs:
+            return self.net(**inputs)
+        if not bool((ids[:, :p] == torch.tensor(self.prefix_ids, device=ids.device)).all()):
+            return self.net(**inputs)
+        from transformers import DynamicCache
+
+        rows = ids.shape[0]
+        first = self.net(input_ids=ids[:1, :p], attention_mask=inputs["attention_mask"][:1, :p], use_cache=True)
+        past = DynamicCache(ddp_cache_data=[
+            (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+            for layer in first.past_key_values.layers])
+        positions = torch.arange(p, ids.shape[1], device=ids.device).expand(rows, -1)
+        return self.net(input_ids=ids[:, p:], attention_mask=inputs["attention_mask"], cache=past,
+                        position_ids=positions, use_cache=True)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         if self.tag_shift is not None:
@@ -186,6 +216,39 @@ def _load_net(source: Path, info: HeadInfo, cfg: ModelConfig, pad_token_id: int 
     return net, new
 
 
+def _start_at_label_tokens(net: nn.Module, new: list[str], tokenizer, labels: list[str]) -> None:
+    """task.head_prompt: the new classifier's row for each label = the output embedding of the label's first
+    token, so its scores start as the LM's logits for those tokens (a tied embedding, else lm_head read from
+    the checkpoint)."""
+    layers = [net.get_submodule(name) for name in new]
+    if len(layers) != 1 or not isinstance(layers[0], nn.Linear) or layers[0].out_features != len(labels):
+        raise ConfigError(f"task.head_prompt: expected one new linear layer with {len(labels)} outputs, "
+                          f"found {new}")
+    first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    if len(set(first)) < len(first):
+        print("warning: task.head_prompt: labels share a first token, so the head starts with equal rows "
+              "for them", flush=True)
+    embedding = _output_embedding(net)
+    with torch.no_grad():
+        layers[0].weight.copy_(embedding[first].to(layers[0].weight.dtype))
+        if layers[0].bias is not None:
+            layers[0].bias.zero_()
+
+
+def _output_embedding(net: nn.Module) -> torch.Tensor:
+    """The LM's output embedding matrix: the input embedding when tied, else lm_head.weight from the files."""
+    if getattr(net.config, "tie_word_embeddings", False):
+        return net.get_input_embeddings().weight
+    from safetensors import safe_open
+
+    for file in sorted(Path(net.config._name_or_path).glob("*.safetensors")):
+        with safe_open(file, "pt") as tensors:
+            key = next((k for k in tensors.keys() if k.endswith("lm_head.weight")), None)
+            if key is not None:
+                return tensors.get_tensor(key)
+    raise ConfigError(f"task.head_prompt: no lm_head.weight in {net.config._name_or_path} to start the head from")
+
+
 def build_head(cfg: Config) -> TaskHead:
     """The route's model: a new head on model.name_or_path, prepared for train.finetuning."""
     from tasktune.model.load import load_tokenizer
@@ -195,17 +258,23 @@ def build_head(cfg: Config) -> TaskHead:
         raise ConfigError("model.adapter is a generative LoRA adapter; task.method=head trains a new head on "
                           "model.name_or_path (to score a trained head: tasktune eval with eval.checkpoint=DIR)")
     info = HeadInfo.from_spec(cfg.task, cfg.model.name_or_path)
-    net, new = _load_net(resolve_model_dir(cfg.model.name_or_path), info, cfg.model,
-                         load_tokenizer(cfg.model).pad_token_id)
+    tokenizer = load_tokenizer(cfg.model)
+    net, new = _load_net(resolve_model_dir(cfg.model.name_or_path), info, cfg.model, tokenizer.pad_token_id)
+    if info.case_features:
+        new = sorted({*new, widen_token_types(net)})
     print(f"{type(net).__name__}: new modules {', '.join(new) or 'none'}", flush=True)
     fresh = sum(p.numel() for name, p in net.named_parameters() if name.rsplit(".", 1)[0] in new)
     if fresh > 0.05 * sum(p.numel() for p in net.parameters()):
         print(f"warning: {fresh:,} parameters are new, not only a head: does {cfg.model.name_or_path} fit "
               f"{type(net).__name__}?", flush=True)
+    if info.prompt_instruction is not None:
+        _start_at_label_tokens(net, new, tokenizer, info.outputs)
     crf = CRF(len(info.outputs), allowed_transitions(info.outputs)) if info.use_crf else None
     head = TaskHead(net, info, crf, new)
+    if info.prompt_instruction is not None:
+        head.prefix_ids = prompt_frame(tokenizer, info.spec())[0]
     if info.task == "ner" and cfg.task.logit_adjustment > 0:
-        prior = torch.tensor(tag_log_prior(cfg.task, load_tokenizer(cfg.model)))
+        prior = torch.tensor(tag_log_prior(cfg.task, tokenizer))
         head.tag_shift = cfg.task.logit_adjustment * prior
         print("ner tag prior (logit adjustment): " + ", ".join(
             f"{name} {p:.1%}" for name, p in zip(info.outputs, prior.exp().tolist(), strict=True)), flush=True)
@@ -294,10 +363,15 @@ def load_head(path: str | Path, model_cfg: ModelConfig | None = None) -> tuple[T
     adapter = (path / "adapter_config.json").is_file()
     source = resolve_model_dir(info.base_model) if adapter else path
     net, _ = _load_net(source, info, cfg, tokenizer.pad_token_id)
+    if info.case_features:
+        widen_token_types(net)  # before the adapter's saved copy of the widened embedding is loaded
     if adapter:
         net = PeftModel.from_pretrained(net, path, is_trainable=False)
     crf = None
     if info.use_crf:
         crf = CRF(len(info.outputs), allowed_transitions(info.outputs))
         crf.load_state_dict(load_file(path / CRF_FILE))
-    return TaskHead(net, info, crf).eval(), tokenizer
+    head = TaskHead(net, info, crf).eval()
+    if info.prompt_instruction is not None:
+        head.prefix_ids = prompt_frame(tokenizer, info.spec())[0]
+    return head, tokenizer

@@ -131,7 +131,7 @@ class TaskHead(nn.Module):
         first = self.net(input_ids=ids[:1, :p], attention_mask=inputs["attention_mask"][:1, :p], use_cache=True)
         past = DynamicCache(ddp_cache_data=[
             (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
-            for layer in first.past_key_values.layers])
+            for layer in first.cache.layers])
         positions = torch.arange(p, ids.shape[1], device=ids.device).expand(rows, -1)
         return self.net(input_ids=ids[:, p:], attention_mask=inputs["attention_mask"], cache=past,
                         position_ids=positions, use_cache=True)

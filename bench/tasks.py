@@ -59,7 +59,7 @@ TARGET_ROWS = [
     ("classify-sst2 generate, one CPU-hour (SmolLM2 LoRA) [dev]", "classify-sst2.yaml", 6000, None,
      ["train.num_epochs=1"]),
     ("classify-sst2 head, all train sentences (SmolLM2 LoRA seq cls) [dev]", "classify-sst2-smollm2-head.yaml",
-     6920, None, ["train.num_epochs=1"]),
+     6920, None, ["train.num_epochs=1", "train.learning_rate=5e-4"]),
     # XQuAD-en and WMT22 ship one split each: the example configs train on its head and score the rest.
     ("qa-squad generate, span-constrained (SmolLM2 LoRA) [XQuAD-en held out]", "qa-squad.yaml", 800, None,
      ["train.num_epochs=3", "train.grad_accum=1"]),

@@ -24,23 +24,6 @@ class _Report:
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 2-layer BERT with random weights and the MiniLM (uncased WordPiece) tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from tasktune.model.load import resolve_model_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("minilm-l6"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    out = tmp_path_factory.mktemp("tiny_bert_case")
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def sentences(tmp_path_factory) -> Path:
     rows = []
     for name, city in [("John Smith", "Paris"), ("Mary", "New York"), ("IBM", "London")] * 4:

@@ -249,6 +249,11 @@ def _output_embedding(net: nn.Module) -> torch.Tensor:
     raise ConfigError(f"task.head_prompt: no lm_head.weight in {net.config._name_or_path} to start the head from")
 
 
+def _read_prompt_prefix(head: TaskHead, tokenizer) -> None:
+    """task.head_prompt: the prompt tokens before the text, which `TaskHead` encodes once per batch."""
+    head.prefix_ids = prompt_frame(tokenizer, head.info.spec())[0]
+
+
 def build_head(cfg: Config) -> TaskHead:
     """The route's model: a new head on model.name_or_path, prepared for train.finetuning."""
     from tasktune.model.load import load_tokenizer
@@ -267,12 +272,11 @@ def build_head(cfg: Config) -> TaskHead:
     if fresh > 0.05 * sum(p.numel() for p in net.parameters()):
         print(f"warning: {fresh:,} parameters are new, not only a head: does {cfg.model.name_or_path} fit "
               f"{type(net).__name__}?", flush=True)
-    if info.prompt_instruction is not None:
-        _start_at_label_tokens(net, new, tokenizer, info.outputs)
     crf = CRF(len(info.outputs), allowed_transitions(info.outputs)) if info.use_crf else None
     head = TaskHead(net, info, crf, new)
     if info.prompt_instruction is not None:
-        head.prefix_ids = prompt_frame(tokenizer, info.spec())[0]
+        _start_at_label_tokens(net, new, tokenizer, info.outputs)
+        _read_prompt_prefix(head, tokenizer)
     if info.task == "ner" and cfg.task.logit_adjustment > 0:
         prior = torch.tensor(tag_log_prior(cfg.task, tokenizer))
         head.tag_shift = cfg.task.logit_adjustment * prior
@@ -373,5 +377,5 @@ def load_head(path: str | Path, model_cfg: ModelConfig | None = None) -> tuple[T
         crf.load_state_dict(load_file(path / CRF_FILE))
     head = TaskHead(net, info, crf).eval()
     if info.prompt_instruction is not None:
-        head.prefix_ids = prompt_frame(tokenizer, info.spec())[0]
+        _read_prompt_prefix(head, tokenizer)
     return head, tokenizer

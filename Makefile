@@ -59,9 +59,12 @@ llamacpp: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tasktune.demo
 
+# The suite runs in one worker process per core (up to 4), each test file on one worker, each worker on one
+# torch thread: the tests are small, so two single-threaded workers finish sooner than one on two threads.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 TASKTUNE_THREADS=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

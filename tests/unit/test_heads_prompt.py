@@ -11,6 +11,7 @@ import torch
 
 from tasktune.config import load_config
 from tasktune.config.schema import ConfigError
+from tasktune.data.report import RejectReport
 from tasktune.evaluate.generate import prompt_ids
 from tasktune.evaluate.heads import predict_rows
 from tasktune.model.head_data import encode_rows
@@ -89,10 +90,16 @@ def test_long_texts_are_cut_inside_the_prompt(tiny_llama_dir, smol_tokenizer, re
     cfg = _cfg(tiny_llama_dir, reviews, tmp_path / "run")
     short = encode_rows(task_rows(cfg.task, reviews, _Report())[:1], cfg.task, smol_tokenizer).units[0]
     row = task_rows(cfg.task, reviews, _Report())[0]
+    short_text = row.text
     row.text = " ".join(["long"] * 200)
-    encoded = encode_rows([row], cfg.task, smol_tokenizer)
+    report = RejectReport()
+    encoded = encode_rows([row], cfg.task, smol_tokenizer, report=report)
     ids = encoded.units[0]["input_ids"]
     assert len(ids) == cfg.task.max_seq_length and encoded.truncated == 1
+    # reported as the whole input's length (prompt + 200 words) against the limit it was cut to
+    text_tokens = len(smol_tokenizer(row.text, add_special_tokens=False)["input_ids"])
+    prompt_tokens = len(short["input_ids"]) - len(smol_tokenizer(short_text, add_special_tokens=False)["input_ids"])
+    assert report.truncated == [(row.source, prompt_tokens + text_tokens, cfg.task.max_seq_length)]
     tail = len(smol_tokenizer("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
     assert ids[-tail:] == short["input_ids"][-tail:]  # the assistant's turn is still opened at the end
     cfg.task.max_seq_length = 16

@@ -158,14 +158,15 @@ def prompt_frame(tokenizer, spec: TaskConfig) -> PromptFrame:
 def classify_units(text: str, tokenizer, spec: TaskConfig,
                    frame: PromptFrame | None = None) -> tuple[list[dict[str, Any]], int | None]:
     """One unit (the first max_seq_length tokens; with a prompt frame, the text cut to fit between its two
-    parts), and the text's full length in tokens when it was cut."""
+    parts), and the input's full length in tokens (the prompt's included) when it was cut."""
     if frame is not None:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         room = spec.max_seq_length - len(frame[0]) - len(frame[1])
         if room < 1:
             raise ConfigError(f"task.max_seq_length={spec.max_seq_length} leaves no room for the text after the "
                               f"{len(frame[0]) + len(frame[1])}-token prompt of task.head_prompt")
-        return [{"input_ids": frame[0] + ids[:room] + frame[1]}], len(ids) if len(ids) > room else None
+        full = len(frame[0]) + len(ids) + len(frame[1])
+        return [{"input_ids": frame[0] + ids[:room] + frame[1]}], full if len(ids) > room else None
     encoding = _windows(tokenizer, text, None, spec, 0)
     cut = len(tokenizer(text)["input_ids"]) if len(encoding["input_ids"]) > 1 else None
     return [_inputs(tokenizer, encoding, 0)], cut

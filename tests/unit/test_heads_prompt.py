@@ -124,8 +124,13 @@ def test_prompted_head_trains_saves_and_reloads(tiny_llama_dir, reviews, tmp_pat
     model, tokenizer = load_head(tmp_path / "run")
     assert model.info.spec().head_prompt
     reloaded = predict_rows(model, tokenizer, rows, model.info.spec())
-    for (label, scores), (label2, scores2) in zip(captured["predictions"], reloaded, strict=True):
-        assert label == label2 and scores == pytest.approx(scores2, abs=1e-4)
+    # an eval config without the option still gives the head the prompt it was trained on
+    unprompted = predict_rows(model, tokenizer, rows, _cfg(tiny_llama_dir, reviews, tmp_path / "x",
+                                                           "task.head_prompt=false").task)
+    for (label, scores), (label2, scores2), (label3, scores3) in zip(
+            captured["predictions"], reloaded, unprompted, strict=True):
+        assert label == label2 == label3
+        assert scores == pytest.approx(scores2, abs=1e-4) and scores2 == pytest.approx(scores3, abs=1e-6)
 
 
 def test_head_prompt_needs_a_classify_head_and_a_chat_template(reviews, tmp_path):

@@ -139,7 +139,7 @@ def predict_rows(model: TaskHead, tokenizer, rows: list[Any], spec: TaskConfig, 
 
 def _predict(model, tokenizer, rows, spec, batch_size, progress) -> tuple[list[tuple[Any, Any]], int]:
     """predict_rows, and how many classify texts were cut to max_seq_length."""
-    spec = replace(spec, labels=model.info.labels, case_features=model.info.case_features)  # read as trained
+    spec = model.info.reading(spec)
     encoded = encode_rows(rows, spec, tokenizer)
     outputs = _forward_all(model, encoded.units, tokenizer.pad_token_id, batch_size, progress)
     by_row: list[list[int]] = [[] for _ in rows]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,13 @@ class HeadInfo:
         return cls(spec.name, list(spec.labels) if spec.labels else None, head_labels(spec), str(base_model),
                    spec.use_crf, spec.max_seq_length, spec.doc_stride, spec.max_answer_length, spec.text_field,
                    spec.case_features, instruction(spec) if spec.head_prompt else None)
+
+    def reading(self, spec: TaskConfig) -> TaskConfig:
+        """`spec` with what decides how this head reads its inputs taken from the head: its labels, case
+        features and prompt, whatever the eval config says."""
+        prompted = self.prompt_instruction is not None
+        return replace(spec, labels=self.labels, case_features=self.case_features, head_prompt=prompted,
+                       instruction=self.prompt_instruction if prompted else spec.instruction)
 
     def spec(self) -> TaskConfig:
         """A task config that reads and windows inputs as in training."""

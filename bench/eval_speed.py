@@ -8,12 +8,14 @@ Rows (each printed with its ratio against the baseline of its group, all measure
                   (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
                   prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens,
+    tt-transformers  the same through transformers' own forward (no lean forward, model/lean.py)
     tt-drafts     the same with prompt lookup drafts (eval.draft_tokens=4; the default is 0)
     lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), when .bench/lf-venv
                   exists (bench/setup_llamafactory.sh); otherwise the row says it was skipped
   single stream (one chat prompt, 64 new tokens, the same thread count):
     hf-stream     transformers `generate` in fp32, batch 1 (the baseline)
-    tasktune      model.generate.stream_chat (bf16, the decoding core)
+    tasktune      model.generate.stream_chat (bf16, the decoding core with its lean forward)
+    tt-transformers  the same through transformers' own forward
     tt-llama.cpp  `tasktune chat --backend llama.cpp`: the model exported to GGUF q8_0 by tasktune (cached),
                   decoded by llama-cpp-python, when it is installed (`make llamacpp`)
     llama.cpp     llama-cpp-python on the packaged GGUF (Q4_1), when it is installed
@@ -102,8 +104,9 @@ def lf_predict(prompts, tokenizer, max_new: int, batch: int, adapter: str | None
         return float(json.loads(results.read_text())["predict_runtime"])
 
 
-def single_stream(model_fp32, model_bf16, tokenizer, max_new: int) -> dict[str, float | None]:
-    """Generated tokens/s for one prompt: HF fp32, tasktune bf16, llama.cpp (if installed)."""
+def single_stream(model_fp32, model_bf16, unfused, tokenizer, max_new: int) -> dict[str, float | None]:
+    """Generated tokens/s for one prompt: HF fp32, tasktune bf16 (lean forward, then transformers' forward),
+    llama.cpp (if installed)."""
     import torch
 
     from tasktune.model.generate import stream_chat
@@ -117,6 +120,10 @@ def single_stream(model_fp32, model_bf16, tokenizer, max_new: int) -> dict[str, 
     pieces = list(stream_chat(model_bf16, tokenizer, CHAT, max_new_tokens=max_new))
     tokens = len(tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
     tt = tokens / (time.perf_counter() - started)
+    started = time.perf_counter()
+    pieces = list(stream_chat(unfused, tokenizer, CHAT, max_new_tokens=max_new))
+    tokens = len(tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
+    tt_unfused = tokens / (time.perf_counter() - started)
     llama = ours = None
     try:
         from llama_cpp import Llama
@@ -136,7 +143,7 @@ def single_stream(model_fp32, model_bf16, tokenizer, max_new: int) -> dict[str, 
         llama = reply["usage"]["completion_tokens"] / (time.perf_counter() - started)
     except ImportError:
         pass
-    return {"hf-stream": hf, "tasktune": tt, "tt-llama.cpp": ours, "llama.cpp": llama}
+    return {"hf-stream": hf, "tasktune": tt, "tt-transformers": tt_unfused, "tt-llama.cpp": ours, "llama.cpp": llama}
 
 
 def housekeeping() -> dict[str, float | None]:
@@ -174,6 +181,7 @@ def main() -> None:
 
     from tasktune.evaluate.runner import predict
     from tasktune.model.fold import fold_adapter
+    from tasktune.model.lean import prepare_lean
     from tasktune.model.load import load_model, load_tokenizer
     from tasktune.runtime import configure_threads, inference_dtype
 
@@ -186,10 +194,12 @@ def main() -> None:
         sys.exit(f"{adapter}: no adapter there (run `make demo` first, or pass --adapter none)")
     cfg.model.adapter = adapter
     fp32, bf16 = load_model(cfg.model, torch.float32), load_model(cfg.model, inference_dtype("auto"))
+    unfused = load_model(cfg.model, inference_dtype("auto"))
     if adapter:  # folded in, as `tasktune eval` does (model/fold.py)
-        fp32, bf16 = fold_adapter(fp32)[0], fold_adapter(bf16)[0]
+        fp32, bf16, unfused = fold_adapter(fp32)[0], fold_adapter(bf16)[0], fold_adapter(unfused)[0]
+    prepare_lean(bf16)  # as `tasktune eval` does (model/lean.py); `unfused` runs transformers' forward
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-drafts": []}
+    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-transformers": [], "tt-drafts": []}
     stream: dict[str, list[float]] = {}
     f1s: dict[str, float | None] = {}
     drafts = cfg.eval.draft_tokens
@@ -200,10 +210,11 @@ def main() -> None:
                 eval_s[name].append(hf_generate_loop(fp32, tokenizer, prompts, args.max_new, args.batch))
             else:
                 cfg.eval.draft_tokens = 4 if name == "tt-drafts" else drafts
-                scored = predict(cfg, spec, bf16, tokenizer, rows, progress=False)
+                model = unfused if name == "tt-transformers" else bf16
+                scored = predict(cfg, spec, model, tokenizer, rows, progress=False)
                 eval_s[name].append(scored.seconds)
                 f1s[name] = scored.scores.get("f1")
-        for name, value in single_stream(fp32, bf16, tokenizer, args.max_new).items():
+        for name, value in single_stream(fp32, bf16, unfused, tokenizer, args.max_new).items():
             if value is not None:
                 stream.setdefault(name, []).append(value)
     lf = None if args.skip_lf else lf_predict(prompts, tokenizer, args.max_new, args.batch, adapter)
@@ -212,21 +223,21 @@ def main() -> None:
     base = statistics.median(eval_s["hf-generate"])
     print(f"\neval: {n} demo NER dev rows, greedy, max {args.max_new} new tokens, batch {args.batch}, "
           f"{'adapter ' + adapter if adapter else 'untuned model'}")
-    print(f"{'run':<14}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
+    print(f"{'run':<17}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
     for name, values in eval_s.items():
         s = statistics.median(values)
-        print(f"{name:<14}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
+        print(f"{name:<17}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
     if lf is not None:
-        print(f"{'lf-predict':<14}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
+        print(f"{'lf-predict':<17}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
     else:
         print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
-    print(f"entity F1 on these rows: tasktune {f1s['tasktune']}, tt-drafts {f1s['tt-drafts']}")
+    print("entity F1 on these rows: " + ", ".join(f"{name} {f1s[name]}" for name in eval_s if name in f1s))
     print(f"\nsingle stream, {args.max_new} new tokens, {threads} threads")
-    print(f"{'run':<14}{'tokens/s':>9}{'vs hf':>8}")
+    print(f"{'run':<17}{'tokens/s':>9}{'vs hf':>8}")
     hf = statistics.median(stream["hf-stream"])
     for name, values in stream.items():
-        print(f"{name:<14}{statistics.median(values):9.1f}{statistics.median(values) / hf:8.2f}x")
+        print(f"{name:<17}{statistics.median(values):9.1f}{statistics.median(values) / hf:8.2f}x")
     if "llama.cpp" not in stream:
         print("llama.cpp     skipped (`make llamacpp` builds llama-cpp-python)")
     print("\nhousekeeping (formerly timed asserts in tests)")

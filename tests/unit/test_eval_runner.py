@@ -238,7 +238,10 @@ def test_checkpoint_auto_base_and_directory(tiny_llama_dir, tiny_adapter_dir, da
     assert not hasattr(model, "peft_config") and tokenizer.padding_side == "left"  # adapter folded in for eval
     how = "factored" if next(model.parameters()).dtype == torch.bfloat16 else "merged"
     assert description == f"adapter {tiny_adapter_dir} on {tiny_llama_dir} ({how})"
+    from tasktune.model.lean import lean_forward
     from tasktune.model.load import load_model
+
+    assert lean_forward(model) is not None  # read-only: the decoder runs its lean forward (model/lean.py)
 
     ids = torch.tensor([[1, 5, 9, 42, 7]])
     with torch.no_grad():

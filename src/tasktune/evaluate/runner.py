@@ -131,11 +131,13 @@ def resolve_eval_model(cfg: Config):
 
     The model is loaded in bf16 where the hardware runs it (model.dtype=auto) with its adapter folded in
     (`model.fold.fold_adapter`: merged in float32, kept as low-rank factors in bf16, where a merge would round
-    most of it away), and goes to the GPU when there is one; the tokenizer pads on the left.
+    most of it away), and goes to the GPU when there is one; on the CPU, a Llama-architecture model gets the
+    decoder's lean forward (`model.lean`); the tokenizer pads on the left.
     """
     import torch
 
     from tasktune.model.fold import fold_adapter
+    from tasktune.model.lean import prepare_lean
     from tasktune.model.load import load_model, load_tokenizer
     from tasktune.runtime import inference_dtype
 
@@ -146,6 +148,7 @@ def resolve_eval_model(cfg: Config):
         description = f"{description} ({how})"
     if torch.cuda.is_available():
         model = model.to("cuda")
+    prepare_lean(model)  # read-only from here: fused, prepacked matmuls on the CPU (model/lean.py)
     return model, load_tokenizer(model_cfg, padding_side="left"), description
 
 

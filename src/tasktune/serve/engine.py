@@ -20,6 +20,7 @@ from tasktune.config.schema import ModelConfig
 from tasktune.model.adapters import check_adapter_base
 from tasktune.model.decode import BASE_ADAPTER, Decoder, Request
 from tasktune.model.generate import stop_token_ids
+from tasktune.model.lean import prepare_lean
 from tasktune.model.load import load_model, load_tokenizer, resolve_model_dir
 from tasktune.runtime import configure_threads, inference_dtype
 from tasktune.serve.front import (
@@ -76,6 +77,7 @@ class Engine(EngineFront):
         self._peft_names: dict[str, str] = {}
         for index, (name, path) in enumerate(adapters.items()):
             self._load_adapter(name, path, f"adapter{index}", base_cfg)
+        prepare_lean(self.model)  # a model without peft adapters decodes through model/lean.py on the CPU
         self.stop_ids = set(stop_token_ids(self.model, self.tokenizers[model]))
         self.pad_id = self.tokenizers[model].pad_token_id
         config = getattr(self.model, "config", None)

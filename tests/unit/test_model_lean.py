@@ -1,0 +1,128 @@
+"""The decoder's lean forward (model/lean.py) computes what transformers' Llama forward computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tasktune.config.schema import ModelConfig
+from tasktune.model.attention import cpu_attention
+from tasktune.model.decode import Decoder, Request, common_prefix
+from tasktune.model.fold import LowRankDelta, fold_adapter
+from tasktune.model.kv_cache import make_cache
+from tasktune.model.lean import LeanForward, _packable, lean_forward, lean_support, prepare_lean
+from tasktune.model.load import load_model
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def _biased_llama(tiny_llama_dir):
+    """The tiny Llama's config with biases on every projection (random ones), fp32."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    config.attention_bias = config.mlp_bias = True
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(std=0.5)
+    return model.eval()
+
+
+def _model(kind: str, dtype: torch.dtype, tiny_llama_dir, tiny_adapter_dir):
+    if kind == "plain":
+        return load_model(ModelConfig(name_or_path=str(tiny_llama_dir)), dtype).eval()
+    if kind == "biased":
+        return _biased_llama(tiny_llama_dir).to(dtype)
+    folded, _ = fold_adapter(load_model(ModelConfig(name_or_path=str(tiny_llama_dir), adapter=str(tiny_adapter_dir)),
+                                        dtype))
+    return folded.eval()
+
+
+def _hidden(model, ids, mask, positions, cache, keep):
+    """transformers' forward: the last `keep` positions' final hidden states."""
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(torch.nn.Identity())
+    try:
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                     logits_to_keep=keep).logits
+    finally:
+        model.set_output_embeddings(head)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["plain", "folded", "biased"])
+def test_lean_forward_equals_transformers_on_a_padded_prefill_and_decode_steps(kind, dtype, tiny_llama_dir,
+                                                                               tiny_adapter_dir):
+    model = _model(kind, dtype, tiny_llama_dir, tiny_adapter_dir)
+    if kind == "folded":  # the LoRA deltas are fused in, factored where the dtype is bf16
+        assert any(isinstance(m, LowRankDelta) for m in model.modules()) == (dtype == torch.bfloat16)
+    lean = LeanForward(model)
+    assert lean.layers[0].qkv.packed == _packable(dtype)
+    torch.manual_seed(0)
+    ids = torch.randint(10, 900, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :4] = mask[1, :1] = 0  # left padding
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    ours, theirs = make_cache([], []), make_cache([], [])
+    tolerance = TOLERANCE[dtype]
+    with torch.inference_mode(), cpu_attention(model):
+        expected = _hidden(model, ids, mask, positions, theirs, keep=4)
+        got = lean(ids, mask, positions, ours, keep=4)
+        assert got.shape == expected.shape == (3, 4, 64)
+        torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+        for step in range(3):  # one token per row, then three at once (a drafted pass)
+            width = 1 if step < 2 else 3
+            mask = torch.cat([mask, torch.ones(3, width, dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1 + torch.arange(width)
+            new = torch.randint(10, 900, (3, width))
+            expected = _hidden(model, new, mask, positions, theirs, keep=width)
+            torch.testing.assert_close(lean(new, mask, positions, ours, keep=width), expected, atol=tolerance,
+                                       rtol=tolerance)
+    for mine, reference in zip(ours.layers, theirs.layers, strict=True):  # the cache holds the same keys too
+        torch.testing.assert_close(mine.keys, reference.keys, atol=tolerance, rtol=tolerance)
+
+
+def test_the_decoder_uses_it_and_generates_what_transformers_generates(tiny_llama_dir, tiny_adapter_dir):
+    model = _model("folded", torch.float32, tiny_llama_dir, tiny_adapter_dir)
+    lean_model = copy.deepcopy(model)
+    assert prepare_lean(lean_model) and lean_forward(lean_model) is not None
+    torch.manual_seed(3)
+    shared = torch.randint(10, 900, (7,)).tolist()
+    prompts = [shared + torch.randint(10, 900, (n,)).tolist() for n in (1, 5, 2, 9, 3, 4, 12)]
+    limits = [4, 9, 6, 12, 3, 8, 5]
+    replies = []
+    for m in (model, lean_model):
+        decoder = Decoder(m, [5], pad_id=0, max_batch=3, prefix_ids=common_prefix(prompts), draft_tokens=2)
+        assert (decoder._lean is not None) == (m is lean_model)
+        requests = [Request(p, n) for p, n in zip(prompts, limits, strict=True)]
+        decoder.run(requests)
+        replies.append([r.generated for r in requests])
+    assert replies[0] == replies[1] and any(replies[0])
+
+
+def test_it_is_not_used_once_the_weights_change(tiny_llama_dir):
+    model = _model("plain", torch.float32, tiny_llama_dir, None)
+    assert prepare_lean(model)
+    lean = lean_forward(model)
+    assert lean is not None and prepare_lean(model) and lean_forward(model) is lean  # built once
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(2)
+    assert lean_forward(model) is None
+    assert Decoder(model, [5], pad_id=0)._lean is None
+
+
+def test_only_plain_llama_models_on_the_cpu_get_one(tiny_llama_dir, tiny_adapter_dir):
+    peft_model = load_model(ModelConfig(name_or_path=str(tiny_llama_dir), adapter=str(tiny_adapter_dir)))
+    assert lean_support(peft_model) is not None and not prepare_lean(peft_model)
+    assert lean_forward(peft_model) is None
+    other = _model("plain", torch.float32, tiny_llama_dir, None)
+    other.config.model_type = "gemma3_text"
+    assert "model type" in lean_support(other) and not prepare_lean(other)
+    quantized = _model("plain", torch.float32, tiny_llama_dir, None)
+    quantized.model.layers[0].self_attn.q_proj = torch.nn.Identity()  # not a Linear: cannot be fused
+    assert not prepare_lean(quantized) and lean_forward(quantized) is None

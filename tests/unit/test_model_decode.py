@@ -50,6 +50,33 @@ def test_decoder_equals_generate(tiny, max_batch, use_prefix):
         assert decoder.forward_passes <= 1 + max(limits) + 1
 
 
+def test_finished_rows_ride_along_until_enough_make_room(tiny):
+    """With 16 rows at most, two finished rows make room together (one copy of the cache, one prefill for the
+    waiting rows that join); a row that finished meanwhile is reported at once and its tokens are not touched."""
+    torch.manual_seed(5)
+    prompts = [torch.randint(10, 900, (int(n),)).tolist() for n in torch.randint(2, 12, (22,))]
+    limits = [int(n) for n in torch.randint(2, 14, (22,))]
+    expected = [_reference(tiny, p, n, 5) for p, n in zip(prompts, limits, strict=True)]
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=16)
+    assert decoder._compact_after == 2
+    requests = [Request(p, n) for p, n in zip(prompts, limits, strict=True)]
+    for r in requests:
+        decoder.add(r)
+    finished, rode_along = [], set()
+    while decoder.busy:
+        finished += decoder.step()
+        if decoder.batch is not None:
+            dead = sum(r.done for r in decoder.batch.rows)
+            if decoder.waiting:
+                rode_along.add(dead)
+            else:  # nobody waiting: dropped once as many finished as still run
+                assert dead < decoder.active
+            assert all(r in finished for r in decoder.batch.rows if r.done)  # reported while riding along
+    assert rode_along == {0, 1}  # with requests waiting, two finished rows make room
+    assert sorted(map(id, finished)) == sorted(map(id, requests)) and len(finished) == len(requests)
+    assert [r.generated for r in requests] == expected
+
+
 def test_common_prefix_leaves_a_token_of_each_prompt():
     assert common_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]
     assert common_prefix([[1, 2, 3, 4], [1, 2, 9]]) == [1, 2]

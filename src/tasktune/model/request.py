@@ -42,6 +42,7 @@ class Request:
     _generator: torch.Generator | None = None
     _allowed: list[int] | torch.Tensor | None = None
     _lookup: PromptLookup | None = None
+    _reported: bool = False  # returned by a decoder step as finished
 
     @property
     def done(self) -> bool:

@@ -235,7 +235,7 @@ class Decoder:
         mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=self.device)], dim=1)
         logits = self._forward(b.last[:, None], mask, b.positions[:, None], b.cache, self._adapter_names(b.rows))
         b.mask = mask
-        b.positions = b.positions + 1
+        b.positions = b.positions + _running(b.rows, self.device)
         b.last = self._choose(logits, b.rows).to(self.device)
 
     def _drafts(self, rows: Sequence[Request]) -> list[list[int]] | None:
@@ -291,7 +291,7 @@ class Decoder:
         self.drafted += sum(len(d) for d in drafts)
         self.accepted += sum(kept)
         b.mask = mask
-        b.positions = b.positions + 1 + torch.tensor(kept, device=self.device)
+        b.positions = b.positions + _running(b.rows, self.device) * (1 + torch.tensor(kept, device=self.device))
         b.last = last.to(self.device)
 
     # ---- choosing tokens ------------------------------------------------------------------------------
@@ -398,6 +398,12 @@ class Decoder:
             mask[:, first:], b.positions.index_select(0, index), b.last.index_select(0, index),
         )
         return newly
+
+
+def _running(rows: Sequence[Request], device: torch.device) -> torch.Tensor:
+    """1 per row still generating, 0 per finished row riding along (its position stays, as it would at the end
+    of the model's context)."""
+    return torch.tensor([0 if r.done else 1 for r in rows], device=device)
 
 
 def _only_stops(allowed: list[int] | torch.Tensor, stop_ids: set[int]) -> bool:

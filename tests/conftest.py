@@ -135,20 +135,27 @@ def make_tiny_adapter(model_dir: Path, out: Path, seed: int) -> Path:
 
 @contextlib.contextmanager
 def slow_steps(model, seconds: float):
-    """Every forward pass of `model` (a PeftModel's base too) sleeps first: a long generation on demand."""
+    """Every forward pass of `model` (a PeftModel's base too, and its lean forward, model/lean.py) sleeps first:
+    a long generation on demand."""
+    from tasktune.model.lean import lean_forward
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    original = base.forward
+    patched = [m for m in (base, lean_forward(base)) if m is not None]
 
-    @functools.wraps(original)
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
+    def slowed(original):
+        @functools.wraps(original)
+        def slow(*args, **kwargs):
+            time.sleep(seconds)
+            return original(*args, **kwargs)
+        return slow
 
-    base.forward = slow
+    for m in patched:
+        m.forward = slowed(m.forward)
     try:
         yield
     finally:
-        del base.forward
+        for m in patched:
+            del m.forward
 
 
 @pytest.fixture(scope="session")

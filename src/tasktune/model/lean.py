@@ -158,9 +158,12 @@ class LeanForward:
         # transformers' LlamaRMSNorm: normalised in float32, cast back, then scaled
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.forward(*args, **kwargs)
+
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                 cache, keep: int = 1) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                cache, keep: int = 1) -> torch.Tensor:
         """input_ids [rows, q] after the cache's columns; attention_mask [rows, columns + q] (1: a real
         token); position_ids [rows, q]; `cache` a transformers DynamicCache (it grows by q columns)."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb

@@ -371,11 +371,12 @@ class Decoder:
         )
 
     def _drop_finished(self) -> list[Request]:
-        """The rows that finished since the last call. Their cache rows are dropped (one copy of every layer's
-        cache) only once enough have finished (`_compact_after` with requests waiting for room, as many as stay
-        without): a finished row rides along in the passes until then, which costs less (at 64 rows, one more row
-        is ~1.5 % of a pass; a copy of the cache was a third of one, measured on `bench/eval_speed.py`), and
-        waiting requests join in groups, one prefill pass per group."""
+        """The rows that finished since the last call. Their cache rows are dropped (in place: rows past the
+        new end move into their slots, `kv_cache.select_rows`) only once enough have finished:
+        `_compact_after` while requests wait for room, else as many as still run. Until then a finished row
+        rides along in the passes, which costs less (at 64 rows, one more row is ~1.5 % of a pass; a copy of
+        the cache was a third of one, measured on `bench/eval_speed.py`), and waiting requests join in
+        groups, one prefill pass per group."""
         b = self.batch
         if b is None:
             return []

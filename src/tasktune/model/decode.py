@@ -19,6 +19,7 @@ Rows may use different LoRA adapters of one peft model in the same forward pass 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +113,8 @@ class Decoder:
     def step(self) -> list[Request]:
         """Admit waiting requests, then one token for every running row; returns the rows that finished."""
         finished, self._ended = self._ended, []
-        with cpu_attention(self.model):
+        # the lean forward has its own attention; switching transformers' walks every module (~4 ms a step)
+        with nullcontext() if self._lean is not None else cpu_attention(self.model):
             if self.batch is not None:
                 self._decode_one()
                 finished += self._drop_finished()

@@ -126,3 +126,14 @@ def test_only_plain_llama_models_on_the_cpu_get_one(tiny_llama_dir, tiny_adapter
     quantized = _model("plain", torch.float32, tiny_llama_dir, None)
     quantized.model.layers[0].self_attn.q_proj = torch.nn.Identity()  # not a Linear: cannot be fused
     assert not prepare_lean(quantized) and lean_forward(quantized) is None
+
+
+def test_a_model_whose_copies_would_not_fit_keeps_transformers_forward(tiny_llama_dir, monkeypatch):
+    import tasktune.model.lean as lean_module
+
+    model = _model("plain", torch.float32, tiny_llama_dir, None)
+    size = sum(p.numel() * p.element_size() for p in model.model.layers.parameters())
+    monkeypatch.setattr(lean_module, "available_memory", lambda: 2 * size - 1)
+    assert not prepare_lean(model) and lean_forward(model) is None
+    monkeypatch.setattr(lean_module, "available_memory", lambda: 2 * size)
+    assert prepare_lean(model) and lean_forward(model) is not None

@@ -211,12 +211,31 @@ def lean_support(model: nn.Module) -> str | None:
     return None
 
 
+def available_memory() -> int | None:
+    """Bytes the system can still hand out (MemAvailable in /proc/meminfo); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def prepare_lean(model: nn.Module) -> bool:
     """Build the lean forward of an inference-only model (once; kept on the model); False where the model
-    cannot have one (`lean_support`) or a projection is not a plain or LoRA-factored Linear."""
+    cannot have one (`lean_support`), a projection is not a plain or LoRA-factored Linear, or its fused
+    copies would take more than half of the memory still available (a large model keeps transformers'
+    forward rather than running out of memory)."""
     if lean_forward(model) is not None:
         return True
     if lean_support(model) is not None:
+        return False
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    size = sum(p.numel() * p.element_size() for p in layers.parameters()) if layers is not None else 0
+    available = available_memory()
+    if available is not None and 2 * size > available:
         return False
     try:
         lean = LeanForward(model)

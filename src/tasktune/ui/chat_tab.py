@@ -20,20 +20,28 @@ EMPTY_REPLY = "(no text: the model ended its turn at once)"
 
 
 class ModelCache:
-    """The last MAX_LOADED (model, adapter) pairs, loaded with the CLI's `load_model` / `load_tokenizer`."""
+    """The last MAX_LOADED (model, adapter) pairs, loaded as `tasktune eval` loads them: in the inference dtype,
+    the adapter folded in (read-only here), with the decoder's lean forward where the model has one."""
 
     def __init__(self) -> None:
         self._models: OrderedDict[tuple[str, str | None], tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name_or_path: str, adapter: str | None) -> tuple[Any, Any]:
+        from tasktune.model.fold import fold_adapter
+        from tasktune.model.lean import prepare_lean
         from tasktune.model.load import load_model, load_tokenizer
+        from tasktune.runtime import inference_dtype
 
         key = (name_or_path, adapter)
         with self._lock:
             if key not in self._models:
                 cfg = ModelConfig(name_or_path=name_or_path, adapter=adapter)
-                self._models[key] = (load_model(cfg), load_tokenizer(cfg))
+                model = load_model(cfg, inference_dtype(cfg.dtype))
+                if hasattr(model, "merge_and_unload"):
+                    model = fold_adapter(model)[0]
+                prepare_lean(model)
+                self._models[key] = (model, load_tokenizer(cfg))
                 while len(self._models) > MAX_LOADED:
                     self._models.popitem(last=False)
             self._models.move_to_end(key)

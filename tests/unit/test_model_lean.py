@@ -33,7 +33,20 @@ def _biased_llama(tiny_llama_dir):
     return model.eval()
 
 
+def _mistral(tiny_llama_dir):
+    """A tiny Mistral (no sliding window) of the tiny Llama's sizes, random weights, fp32."""
+    from transformers import AutoConfig, MistralConfig, MistralForCausalLM
+
+    llama = AutoConfig.from_pretrained(tiny_llama_dir)
+    config = MistralConfig(vocab_size=llama.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=None)
+    torch.manual_seed(5)
+    return MistralForCausalLM(config).eval()
+
+
 def _model(kind: str, dtype: torch.dtype, tiny_llama_dir, tiny_adapter_dir):
+    if kind == "mistral":
+        return _mistral(tiny_llama_dir).to(dtype)
     if kind == "plain":
         return load_model(ModelConfig(name_or_path=str(tiny_llama_dir)), dtype).eval()
     if kind == "biased":
@@ -55,7 +68,7 @@ def _hidden(model, ids, mask, positions, cache, keep):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kind", ["plain", "folded", "biased"])
+@pytest.mark.parametrize("kind", ["plain", "folded", "biased", "mistral"])
 def test_lean_forward_equals_transformers_on_a_padded_prefill_and_decode_steps(kind, dtype, tiny_llama_dir,
                                                                                tiny_adapter_dir):
     model = _model(kind, dtype, tiny_llama_dir, tiny_adapter_dir)

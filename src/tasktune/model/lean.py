@@ -17,7 +17,7 @@ the API and chat without per-request adapters); a model being trained never gets
 one whose weights changed since is not used (`current`). The fused copies cost the size of the layers' weights
 once more (~214 MB in bf16 for SmolLM2-135M).
 
-Measured on SmolLM2-135M with the demo adapter folded in, bf16, 2 threads (minimum of 16 steps, one invocation):
+Measured on SmolLM2-135M with the demo adapter folded in, bf16, 2 threads (minimum of 32 steps, one invocation):
 a decode step of one row 50 -> 28 ms, of 16 rows 63 -> 40 ms, of 64 rows 118 -> 91 ms; a 64 x 24-token prefill
 is compute-bound either way (~1.2 s).
 """

@@ -129,26 +129,18 @@ def _from_dir(base: ModelConfig, path: Path) -> tuple[ModelConfig, str]:
 def resolve_eval_model(cfg: Config):
     """(model, tokenizer, description) for eval.checkpoint: auto | base | an adapter or model directory.
 
-    The model is loaded in bf16 where the hardware runs it (model.dtype=auto) with its adapter folded in
-    (`model.fold.fold_adapter`: merged in float32, kept as low-rank factors in bf16, where a merge would round
-    most of it away), and goes to the GPU when there is one; on the CPU, a Llama-architecture model gets the
-    decoder's lean forward (`model.lean`); the tokenizer pads on the left.
+    The model is loaded for read-only generation (`model.load.load_for_inference`: bf16 where the hardware runs
+    it, the adapter folded in, the lean forward on the CPU) and goes to the GPU when there is one; the tokenizer
+    pads on the left.
     """
     import torch
 
-    from tasktune.model.fold import fold_adapter
-    from tasktune.model.lean import prepare_lean
-    from tasktune.model.load import load_model, load_tokenizer
-    from tasktune.runtime import inference_dtype
+    from tasktune.model.load import load_for_inference, load_tokenizer
 
     model_cfg, description = eval_model_config(cfg)
-    model = load_model(model_cfg, inference_dtype(model_cfg.dtype))
-    if hasattr(model, "merge_and_unload"):  # one adapter, read-only here: no peft layers per token
-        model, how = fold_adapter(model)
+    model, how = load_for_inference(model_cfg, gpu=torch.cuda.is_available())
+    if how:
         description = f"{description} ({how})"
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    prepare_lean(model)  # read-only from here: fused, prepacked matmuls on the CPU (model/lean.py)
     return model, load_tokenizer(model_cfg, padding_side="left"), description
 
 

@@ -169,3 +169,22 @@ def load_model(cfg: ModelConfig, torch_dtype: Any = None):
             raise AdapterMismatchError(f"adapter {adapter} does not fit {cfg.name_or_path}: it was trained on a "
                                        f"base with other shapes ({first[:240]})") from err
     return model.eval()
+
+
+def load_for_inference(cfg: ModelConfig, gpu: bool = False) -> tuple[Any, str | None]:
+    """(model, how its adapter was folded in or None) for read-only generation: in bf16 where the hardware runs
+    it (`cfg.dtype` auto), the adapter folded in (model/fold.py: merged in float32, kept as low-rank factors in
+    bf16, where a merge would round most of it away), on the GPU with `gpu`, and on the CPU with the decoder's
+    lean forward where the model has one (model/lean.py)."""
+    from tasktune.model.fold import fold_adapter
+    from tasktune.model.lean import prepare_lean
+    from tasktune.runtime import inference_dtype
+
+    model = load_model(cfg, inference_dtype(cfg.dtype))
+    how = None
+    if hasattr(model, "merge_and_unload"):  # one adapter, read-only here: no peft layers per token
+        model, how = fold_adapter(model)
+    if gpu:
+        model = model.to("cuda")
+    prepare_lean(model)
+    return model, how

@@ -28,20 +28,13 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, name_or_path: str, adapter: str | None) -> tuple[Any, Any]:
-        from tasktune.model.fold import fold_adapter
-        from tasktune.model.lean import prepare_lean
-        from tasktune.model.load import load_model, load_tokenizer
-        from tasktune.runtime import inference_dtype
+        from tasktune.model.load import load_for_inference, load_tokenizer
 
         key = (name_or_path, adapter)
         with self._lock:
             if key not in self._models:
                 cfg = ModelConfig(name_or_path=name_or_path, adapter=adapter)
-                model = load_model(cfg, inference_dtype(cfg.dtype))
-                if hasattr(model, "merge_and_unload"):
-                    model = fold_adapter(model)[0]
-                prepare_lean(model)
-                self._models[key] = (model, load_tokenizer(cfg))
+                self._models[key] = (load_for_inference(cfg)[0], load_tokenizer(cfg))
                 while len(self._models) > MAX_LOADED:
                     self._models.popitem(last=False)
             self._models.move_to_end(key)

@@ -114,6 +114,17 @@ def allowed_along_a_walk(constraint, rng, steps: int = 4, stop_id: int = 2) -> l
     return seen
 
 
+def assert_same_head_predictions(trained, reloaded, other) -> None:
+    """Per row, the same prediction (entities, label) from a head at training time, after reloading it and
+    read with another eval config; scores within 1e-4 of training time's, and within 1e-6 between the last two."""
+    import pytest
+
+    for (predicted, scores), (predicted2, scores2), (predicted3, scores3) in zip(trained, reloaded, other,
+                                                                                  strict=True):
+        assert predicted == predicted2 == predicted3
+        assert scores == pytest.approx(scores2, abs=1e-4) and scores2 == pytest.approx(scores3, abs=1e-6)
+
+
 def make_tiny_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter (r=4, all-linear) for a tiny model with random non-zero B (it changes the logits),
     saved by `save_trained`: the adapter files and the tokenizer in one directory. Seeds give different ones."""

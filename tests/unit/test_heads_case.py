@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_head_predictions
 
 from tasktune.config import load_config
 from tasktune.config.schema import ConfigError
@@ -107,10 +108,7 @@ def test_cased_head_trains_saves_reloads(tiny_bert_dir, sentences, tmp_path, fin
     # an eval config without the option still reads the casing, as the head was trained to
     uncased_config = predict_rows(model, tokenizer, rows, _cfg(tiny_bert_dir, sentences, tmp_path / "x",
                                                                "task.case_features=false").task)
-    for (entities, scores), (entities2, scores2), (entities3, scores3) in zip(
-            captured["predictions"], after, uncased_config, strict=True):
-        assert entities == entities2 == entities3
-        assert scores == pytest.approx(scores2, abs=1e-4) and scores2 == pytest.approx(scores3, abs=1e-6)
+    assert_same_head_predictions(captured["predictions"], after, uncased_config)
 
 
 def test_case_features_need_a_ner_head_on_an_encoder(tiny_llama_dir, sentences, tmp_path):

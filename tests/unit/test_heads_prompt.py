@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_head_predictions
 
 from tasktune.config import load_config
 from tasktune.config.schema import ConfigError
@@ -127,10 +128,7 @@ def test_prompted_head_trains_saves_and_reloads(tiny_llama_dir, reviews, tmp_pat
     # an eval config without the option still gives the head the prompt it was trained on
     unprompted = predict_rows(model, tokenizer, rows, _cfg(tiny_llama_dir, reviews, tmp_path / "x",
                                                            "task.head_prompt=false").task)
-    for (label, scores), (label2, scores2), (label3, scores3) in zip(
-            captured["predictions"], reloaded, unprompted, strict=True):
-        assert label == label2 == label3
-        assert scores == pytest.approx(scores2, abs=1e-4) and scores2 == pytest.approx(scores3, abs=1e-6)
+    assert_same_head_predictions(captured["predictions"], reloaded, unprompted)
 
 
 def test_head_prompt_needs_a_classify_head_and_a_chat_template(reviews, tmp_path):

@@ -96,8 +96,42 @@ def test_lean_forward_equals_transformers_on_a_padded_prefill_and_decode_steps(k
             expected = _hidden(model, new, mask, positions, theirs, keep=width)
             torch.testing.assert_close(lean(new, mask, positions, ours, keep=width), expected, atol=tolerance,
                                        rtol=tolerance)
-    for mine, reference in zip(ours.layers, theirs.layers, strict=True):  # the cache holds the same keys too
-        torch.testing.assert_close(mine.keys, reference.keys, atol=tolerance, rtol=tolerance)
+    real = mask.bool()  # the cache holds the same keys in the real columns, zeros in the padding
+    for mine, reference in zip(ours.layers, theirs.layers, strict=True):
+        by_column, expected_keys = mine.keys.transpose(1, 2), reference.keys.transpose(1, 2)
+        torch.testing.assert_close(by_column[real], expected_keys[real], atol=tolerance, rtol=tolerance)
+        assert not by_column[~real].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_positions_that_are_not_real_are_left_out_of_the_matmuls(dtype, tiny_llama_dir, tiny_adapter_dir):
+    """A row that finished (its new column masked) and the padding of a prefill are not computed: the layers
+    see only the real positions; the other rows' outputs are transformers' and the left-out row's are zeros."""
+    model = _model("folded", dtype, tiny_llama_dir, tiny_adapter_dir)
+    lean = LeanForward(model)
+    seen: list[int] = []
+    qkv = lean.layers[0].qkv
+    lean.layers[0].qkv = lambda x: seen.append(x.shape[0]) or qkv(x)
+    torch.manual_seed(1)
+    ids = torch.randint(10, 900, (3, 6))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    ours, theirs = make_cache([], []), make_cache([], [])
+    tolerance = TOLERANCE[dtype]
+    with torch.inference_mode(), cpu_attention(model):
+        torch.testing.assert_close(lean(ids, mask, positions, ours), _hidden(model, ids, mask, positions, theirs, 1),
+                                   atol=tolerance, rtol=tolerance)
+        assert seen == [16]  # 18 positions, 2 of them padding
+        step = torch.tensor([[1], [0], [1]])  # the second row finished: its new column is not real
+        mask = torch.cat([mask, step], dim=1)
+        new, positions = torch.randint(10, 900, (3, 1)), positions[:, -1:] + 1
+        got = lean(new, mask, positions, ours)
+        expected = _hidden(model, new, mask, positions, theirs, 1)
+    assert seen == [16, 2]
+    torch.testing.assert_close(got[[0, 2]], expected[[0, 2]], atol=tolerance, rtol=tolerance)
+    assert not got[1].any()
+    assert not ours.layers[0].keys[1, :, -1].any()  # nothing of it entered the cache
 
 
 def test_the_decoder_uses_it_and_generates_what_transformers_generates(tiny_llama_dir, tiny_adapter_dir):

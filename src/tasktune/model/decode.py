@@ -234,10 +234,12 @@ class Decoder:
         if drafts is not None:
             self._decode_drafted(drafts)
             return
-        mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=self.device)], dim=1)
+        running = _running(b.rows, self.device)
+        # a finished row's new column is not real: the lean forward leaves the row out of its matmuls
+        mask = torch.cat([b.mask, running[:, None].to(b.mask.dtype)], dim=1)
         logits = self._forward(b.last[:, None], mask, b.positions[:, None], b.cache, self._adapter_names(b.rows))
         b.mask = mask
-        b.positions = b.positions + _running(b.rows, self.device)
+        b.positions = b.positions + running
         b.last = self._choose(logits, b.rows).to(self.device)
 
     def _drafts(self, rows: Sequence[Request]) -> list[list[int]] | None:
@@ -269,7 +271,7 @@ class Decoder:
         new_mask = torch.zeros((len(b.rows), width), dtype=b.mask.dtype)
         for i, draft in enumerate(drafts):
             ids[i, :1 + len(draft)] = torch.tensor([int(b.last[i]), *draft])
-            new_mask[i, :1 + len(draft)] = 1
+            new_mask[i, :1 + len(draft)] = 0 if b.rows[i].done else 1
         mask = torch.cat([b.mask, new_mask.to(self.device)], dim=1)
         positions = b.positions[:, None] + torch.arange(width, device=self.device)
         out = self._forward(ids.to(self.device), mask, positions, b.cache, self._adapter_names(b.rows), keep=width)

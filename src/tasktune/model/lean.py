@@ -47,26 +47,31 @@ def _packable(dtype: torch.dtype) -> bool:
 
 @dataclass
 class FusedProjection:
-    """Several projections of one input as one matmul: their weights stacked, then the rows of their LoRA
-    down-projections; the up-projections as one block-diagonal matrix."""
+    """Several projections of one input as one matmul (their weights stacked), their LoRA down-projections as a
+    second one (stacked too), and the up-projections as a third (one block-diagonal matrix), added in place."""
 
     weight: torch.Tensor
-    """[outputs + ranks, in], prepacked for oneDNN where `packed`."""
+    """[outputs, in], prepacked for oneDNN where `packed`."""
     bias: torch.Tensor | None
-    outputs: int
+    down: torch.Tensor | None
+    """[ranks, in]: the LoRA down-projections of all the projections (prepacked where `packed`)."""
     up: torch.Tensor | None
     """[outputs, ranks]: each projection's (scaled) LoRA up-projection on its own rows and columns."""
     up_bias: torch.Tensor | None
     packed: bool
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.packed:
-            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        else:
-            y = F.linear(x, self.weight, self.bias)
-        if self.up is None:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return F.linear(x, weight, bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._linear(x, self.weight, self.bias)
+        if self.down is None:
             return y
-        return y[..., :self.outputs] + F.linear(y[..., self.outputs:], self.up, self.up_bias)
+        # base(x) + up(down(x)) with the same roundings; the down-projections are not stacked under the base
+        # weights: that made the base output strided and its width odd (a 64-row step of gate/up 660 -> 640 us)
+        return y.add_(self._linear(self._linear(x, self.down, None), self.up, self.up_bias))
 
 
 def fuse_projections(layers: Sequence[nn.Module], pack: bool) -> FusedProjection:
@@ -83,17 +88,16 @@ def fuse_projections(layers: Sequence[nn.Module], pack: bool) -> FusedProjection
             raise TypeError(f"{type(layer).__name__} cannot be fused")
     dtype = bases[0].weight.dtype
     outputs = sum(b.out_features for b in bases)
-    downs = [d.down for d in deltas if d is not None]
-    weight = torch.cat([b.weight.detach() for b in bases] + [d.detach() for d in downs])
-    zeros = [torch.zeros(b.out_features, dtype=dtype) for b in bases] + [torch.zeros(d.shape[0], dtype=dtype)
-                                                                          for d in downs]
+    weight = torch.cat([b.weight.detach() for b in bases])
     bias = None
     if any(b.bias is not None for b in bases):
-        bias = torch.cat([b.bias.detach() if b.bias is not None else z for b, z in zip(bases, zeros, strict=False)]
-                         + zeros[len(bases):])
-    up = up_bias = None
+        bias = torch.cat([b.bias.detach() if b.bias is not None else torch.zeros(b.out_features, dtype=dtype)
+                          for b in bases])
+    down = up = up_bias = None
+    downs = [d.down.detach() for d in deltas if d is not None]
     if downs:
-        up = torch.zeros((outputs, sum(d.shape[0] for d in downs)), dtype=dtype)
+        down = torch.cat(downs)
+        up = torch.zeros((outputs, down.shape[0]), dtype=dtype)
         row = column = 0
         for base, delta in zip(bases, deltas, strict=True):
             if delta is not None:
@@ -102,12 +106,15 @@ def fuse_projections(layers: Sequence[nn.Module], pack: bool) -> FusedProjection
                 column += rank
             row += base.out_features
         if any(d is not None and d.up_bias is not None for d in deltas):
-            up_bias = torch.cat([d.up_bias.detach() if d is not None and d.up_bias is not None else z
-                                 for d, z in zip(deltas, zeros, strict=False)])
+            up_bias = torch.cat([d.up_bias.detach() if d is not None and d.up_bias is not None
+                                 else torch.zeros(b.out_features, dtype=dtype)
+                                 for b, d in zip(bases, deltas, strict=True)])
     packed = pack and _packable(dtype)
     if packed:
         weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-    return FusedProjection(weight, bias, outputs, up, up_bias, packed)
+        if down is not None:
+            down, up = torch.ops.mkldnn._reorder_linear_weight(down), torch.ops.mkldnn._reorder_linear_weight(up)
+    return FusedProjection(weight, bias, down, up, up_bias, packed)
 
 
 @dataclass
@@ -158,39 +165,66 @@ class LeanForward:
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # transformers' LlamaRMSNorm: normalised in float32, cast back, then scaled
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype).mul_(weight)
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.forward(*args, **kwargs)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # transformers' apply_rotary_pos_emb, the same operations in the same dtype
+        half = x.shape[-1] // 2
+        return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 cache, keep: int = 1) -> torch.Tensor:
         """input_ids [rows, q] after the cache's columns; attention_mask [rows, columns + q] (1: a real
-        token); position_ids [rows, q]; `cache` a transformers DynamicCache (it grows by q columns)."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        token); position_ids [rows, q]; `cache` a transformers DynamicCache (it grows by q columns).
 
+        Only the positions whose new columns are real are computed (`_real_positions`): the left padding of a
+        prefill, the right padding of a drafted pass and the rows that finished and ride along are left out of
+        the matmuls. They enter the attention and the cache as zeros (masked), and their outputs are zeros."""
         rows, q = input_ids.shape
         columns = attention_mask.shape[1]
-        hidden = self.embed(input_ids)
-        cos, sin = self.rotary(hidden, position_ids)
+        real = _real_positions(attention_mask[:, -q:])
+        ids, positions = input_ids.reshape(-1), position_ids.reshape(-1)
+        if real is not None:
+            ids, positions = ids[real], positions[real]
+        hidden = self.embed(ids)  # [positions, hidden]: one row per computed position
+        cos, sin = self.rotary(hidden, positions[None])
+        cos, sin = cos[0, :, None], sin[0, :, None]  # [positions, 1, head_dim]: broadcast over heads
         mask = attention_mask.bool()[:, None, None, :]
         if q > 1:
             mask = mask & torch.ones((q, columns), dtype=torch.bool, device=mask.device).tril(columns - q)
-        sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        query_heads, all_heads = self.heads, self.heads + 2 * self.kv_heads
         for index, layer in enumerate(self.layers):
-            x = self._norm(hidden, layer.input_norm)
-            query, key, value = layer.qkv(x).split(sizes, dim=-1)
-            query = query.view(rows, q, self.heads, self.head_dim).transpose(1, 2)
-            key = key.view(rows, q, self.kv_heads, self.head_dim).transpose(1, 2)
-            value = value.view(rows, q, self.kv_heads, self.head_dim).transpose(1, 2)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            qkv = layer.qkv(self._norm(hidden, layer.input_norm)).view(-1, all_heads, self.head_dim)
+            rotated = qkv[:, :query_heads + self.kv_heads]
+            rotated.copy_(self._rope(rotated, cos, sin))  # queries and keys in one pass, in place
+            if real is not None:  # back to [rows * q] positions, zeros where nothing was computed
+                qkv = qkv.new_zeros((rows * q, all_heads, self.head_dim)).index_copy_(0, real, qkv)
+            query, key, value = qkv.view(rows, q, all_heads, self.head_dim).transpose(1, 2).split(
+                [query_heads, self.kv_heads, self.kv_heads], dim=1)
             key, value = cache.update(key, value, index)
             attended, _ = grouped_attention(self, query, key, value, mask, scaling=self.head_dim ** -0.5)
-            hidden = hidden + layer.o(attended.reshape(rows, q, -1))
+            attended = attended.reshape(rows * q, -1)
+            if real is not None:
+                attended = attended.index_select(0, real)
+            hidden.add_(layer.o(attended))  # in place: no fresh buffer per layer
             gate, up = layer.gate_up(self._norm(hidden, layer.post_norm)).split(self.intermediate, dim=-1)
-            hidden = hidden + layer.down(F.silu(gate) * up)
-        return self._norm(hidden[:, -keep:], self.final_norm)
+            hidden.add_(layer.down(F.silu(gate).mul_(up)))
+        if real is not None:
+            hidden = hidden.new_zeros((rows * q, hidden.shape[-1])).index_copy_(0, real, hidden)
+        return self._norm(hidden.view(rows, q, -1)[:, -keep:], self.final_norm)
+
+
+def _real_positions(new_columns: torch.Tensor) -> torch.Tensor | None:
+    """Flat indices (row * q + column) of the positions whose new column is real ([rows, q] mask), or None
+    when all are (nothing to leave out)."""
+    flat = new_columns.reshape(-1).bool()
+    if bool(flat.all()):
+        return None
+    return flat.nonzero().squeeze(1)
 
 
 def lean_support(model: nn.Module) -> str | None:

@@ -23,6 +23,10 @@ Rows (each printed with its ratio against the baseline of its group, all measure
     resolve       a second `resolve_model_dir("smollm2-135m-instruct")` (a no-op when converted)
     cli-eval      `tasktune eval` of 20 SST-2 dev sentences, constrained labels, wall time (needs ../shared)
 
+The script re-runs itself with the allocator the `tasktune` command preloads (tcmalloc where installed,
+src/tasktune/runtime.py), so the in-process rows (the baselines' too) run with it; LLaMA-Factory's run starts
+without it, as its users run it.
+
 Run on an otherwise idle machine, one benchmark at a time:
 
     .venv/bin/python bench/eval_speed.py                # all rows, 2 repeats, medians
@@ -95,7 +99,10 @@ def lf_predict(prompts, tokenizer, max_new: int, batch: int, adapter: str | None
             f"per_device_eval_batch_size: {batch}", f"output_dir: {data / 'out'}", "report_to: none",
             *([f"adapter_name_or_path: {Path(adapter).resolve()}"] if adapter else []),
         ]))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+        from tasktune.runtime import without_preloaded_allocator
+
+        # LLaMA-Factory as its users run it: the system allocator, not the one this process preloaded
+        env = {**without_preloaded_allocator(dict(os.environ)), "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
         done = subprocess.run([str(cli), "train", str(config)], env=env, capture_output=True, text=True)
         results = data / "out" / "predict_results.json"
         if done.returncode != 0 or not results.exists():
@@ -167,6 +174,9 @@ def housekeeping() -> dict[str, float | None]:
 
 
 def main() -> None:
+    from tasktune.runtime import preload_allocator
+
+    preload_allocator(__file__, sys.argv[1:])  # what the `tasktune` command runs with (tcmalloc where installed)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=2)
@@ -183,10 +193,11 @@ def main() -> None:
     from tasktune.model.fold import fold_adapter
     from tasktune.model.lean import prepare_lean
     from tasktune.model.load import load_model, load_tokenizer
-    from tasktune.runtime import configure_threads, inference_dtype
+    from tasktune.runtime import configure_threads, inference_dtype, loaded_allocator
 
     threads = configure_threads()
-    print(f"threads {threads}; load average before: {os.getloadavg()[0]:.2f}")
+    print(f"threads {threads}; allocator {loaded_allocator() or 'system'}; "
+          f"load average before: {os.getloadavg()[0]:.2f}")
     cfg, spec, rows, prompts = demo_prompts(args.rows)
     cfg.eval.batch_size, cfg.eval.max_new_tokens = args.batch, args.max_new
     adapter = None if args.adapter == "none" else args.adapter

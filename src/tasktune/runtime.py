@@ -55,8 +55,9 @@ def allocator_library(choice: str | None = None) -> str | None:
 
 
 def preload_allocator(module: str, argv: list[str]) -> None:
-    """Run `python -m module *argv` again, now, with `allocator_library()` preloaded; returns (doing nothing)
-    when there is none, it is loaded already, or the exec fails.
+    """Run `python -m module *argv` again (`python module *argv` where `module` is a .py path, for scripts
+    such as the benchmarks), now, with `allocator_library()` preloaded; returns (doing nothing) when there is
+    none, it is loaded already, or the exec fails.
 
     PyTorch's CPU tensors come from malloc. glibc keeps the activation-sized blocks (1-6 MB) freed after each
     training step in its heaps, so resident memory grows well past live memory: `bench/profile_step.py`
@@ -78,9 +79,21 @@ def preload_allocator(module: str, argv: list[str]) -> None:
                                                                    str(1 << 40))}  # no "large alloc" lines
     try:
         sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+        target = [module] if module.endswith(".py") else ["-m", module]
+        os.execve(sys.executable, [sys.executable, *target, *argv], env)
     except OSError:
         return
+
+
+def without_preloaded_allocator(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the allocator `preload_allocator` put in place (for a child process that should start
+    with its own default, such as another project's baseline run)."""
+    library = env.get(_PRELOADED_ENV)
+    env = {k: v for k, v in env.items() if k != _PRELOADED_ENV}
+    if library and "LD_PRELOAD" in env:
+        rest = " ".join(part for part in env["LD_PRELOAD"].split() if part != library)
+        env = {k: v for k, v in env.items() if k != "LD_PRELOAD"} | ({"LD_PRELOAD": rest} if rest else {})
+    return env
 
 
 def loaded_allocator() -> str | None:

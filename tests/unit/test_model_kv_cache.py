@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tasktune.model.kv_cache import fill_order, join_rows, make_cache, select_rows
+from tasktune.model.kv_cache import SPARE_COLUMNS, fill_order, join_rows, make_cache, select_rows
 
 
 def _cache(rows: int, columns: int, seed: int):
@@ -25,12 +25,23 @@ def test_rows_leave_in_place_and_equal_a_selection():
     buffers = [layer.buf_k.untyped_storage().data_ptr() for layer in cache.layers]
     keep = [0, 2, 3, 5, 6]
     order = fill_order(keep)
-    select_rows(cache, order, first=1)
+    select_rows(cache, order, first=0)
     assert [layer.buf_k.untyped_storage().data_ptr() for layer in cache.layers] == buffers  # no new buffers
     for layer, k, v in zip(cache.layers, keys, values, strict=True):
-        assert torch.equal(layer.keys, k[order, :, 1:]) and torch.equal(layer.values, v[order, :, 1:])
+        assert torch.equal(layer.keys, k[order]) and torch.equal(layer.values, v[order])
     step = torch.randn(5, 2, 1, 4)
-    torch.testing.assert_close(cache.update(step, step, 0)[0], torch.cat([keys[0][order, :, 1:], step], dim=2))
+    torch.testing.assert_close(cache.update(step, step, 0)[0], torch.cat([keys[0][order], step], dim=2))
+
+
+def test_columns_no_row_uses_are_dropped_into_new_buffers():
+    cache, keys, values = _cache(7, 5, seed=0)
+    order = fill_order([0, 2, 3, 5, 6])
+    select_rows(cache, order, first=1)
+    for layer, k, v in zip(cache.layers, keys, values, strict=True):
+        assert torch.equal(layer.keys, k[order, :, 1:]) and torch.equal(layer.values, v[order, :, 1:])
+        whole_keys, whole_values = layer.whole()
+        assert whole_keys.is_contiguous() and whole_keys.shape == (5, 2, 4 + SPARE_COLUMNS, 4)
+        assert not whole_keys[:, :, 4:].any() and not whole_values[:, :, 4:].any()  # free columns are zeros
 
 
 def test_rows_join_into_free_rows_when_their_columns_fit_else_into_new_buffers():

@@ -89,7 +89,8 @@ def _spare_layer() -> type:
             columns (each block copied once, no concatenation first)."""
             length = sum(k.shape[-2] for k in keys)
             shape = (*keys[0].shape[:-2], length + spare, keys[0].shape[-1])
-            self.buf_k, self.buf_v = keys[0].new_empty(shape), values[0].new_empty(shape)
+            # zeros: attention may read the free columns (masked, `whole`), where 0 x garbage could be NaN
+            self.buf_k, self.buf_v = keys[0].new_zeros(shape), values[0].new_zeros(shape)
             at = 0
             for k, v in zip(keys, values, strict=True):
                 self.buf_k[..., at:at + k.shape[-2], :] = k
@@ -117,6 +118,11 @@ def _spare_layer() -> type:
 
         def get_seq_length(self) -> int:
             return self.length
+
+        def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """The rows' keys and values with every column of the buffers, free ones included (zeros or stale
+            values, to be masked): contiguous, where `keys`/`values` are strided views that a bf16 matmul copies."""
+            return self.buf_k[:self.rows], self.buf_v[:self.rows]
 
         @staticmethod
         def joined(top: SpareLayer, bottom: SpareLayer, width: int) -> SpareLayer:
@@ -147,9 +153,10 @@ def _spare_layer() -> type:
                 source = torch.tensor([i for _, i in moves], device=self.buf_k.device)
                 for buf in (self.buf_k, self.buf_v):
                     buf[to, :, first:self.length] = buf[source, :, first:self.length]
-            self.buf_k, self.buf_v = self.buf_k[:, :, first:], self.buf_v[:, :, first:]
             self.rows = rows
-            self._set_length(self.length - first)
+            self._set_length(self.length)
+            if first:  # columns no row uses any more: new buffers without them (rare: no shared prompt prefix)
+                self._grow([self.keys[:, :, first:]], [self.values[:, :, first:]])
 
     _SPARE_LAYER = SpareLayer
     return SpareLayer

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasktune.model.attention import grouped_attention
+from tasktune.model.attention import MAX_QUERY, grouped_attention
 from tasktune.model.fold import LowRankDelta
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral"})
@@ -200,6 +200,7 @@ class LeanForward:
         mask = attention_mask.bool()[:, None, None, :]
         if q > 1:
             mask = mask & torch.ones((q, columns), dtype=torch.bool, device=mask.device).tril(columns - q)
+        masks: dict[int, torch.Tensor] = {}  # the mask widened to the cache buffers' columns (free ones masked)
         query_heads, all_heads = self.heads, self.heads + 2 * self.kv_heads
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(self._norm(hidden, layer.input_norm)).view(-1, all_heads, self.head_dim)
@@ -210,7 +211,14 @@ class LeanForward:
             query, key, value = qkv.view(rows, q, all_heads, self.head_dim).transpose(1, 2).split(
                 [query_heads, self.kv_heads, self.kv_heads], dim=1)
             key, value = cache.update(key, value, index)
-            attended, _ = grouped_attention(self, query, key, value, mask, scaling=self.head_dim ** -0.5)
+            layer_mask = mask
+            if q <= MAX_QUERY and hasattr(cache.layers[index], "whole"):  # no copy of the cache per layer
+                key, value = cache.layers[index].whole()
+                layer_mask = masks.get(key.shape[2])
+                if layer_mask is None:
+                    free = mask.new_zeros((*mask.shape[:-1], key.shape[2] - mask.shape[-1]))
+                    layer_mask = masks[key.shape[2]] = torch.cat([mask, free], dim=-1)
+            attended, _ = grouped_attention(self, query, key, value, layer_mask, scaling=self.head_dim ** -0.5)
             attended = attended.reshape(rows * q, -1)
             if real is not None:
                 attended = attended.index_select(0, real)

@@ -11,7 +11,7 @@ from tasktune.config.schema import ModelConfig
 from tasktune.model.attention import cpu_attention
 from tasktune.model.decode import Decoder, Request, common_prefix
 from tasktune.model.fold import LowRankDelta, fold_adapter
-from tasktune.model.kv_cache import make_cache
+from tasktune.model.kv_cache import SPARE_COLUMNS, make_cache
 from tasktune.model.lean import LeanForward, _packable, lean_forward, lean_support, prepare_lean
 from tasktune.model.load import load_model
 
@@ -150,6 +150,26 @@ def test_the_decoder_uses_it_and_generates_what_transformers_generates(tiny_llam
         decoder.run(requests)
         replies.append([r.generated for r in requests])
     assert replies[0] == replies[1] and any(replies[0])
+
+
+def test_a_prefill_leaves_the_spare_columns_to_the_decode_steps(tiny_llama_dir):
+    """The cache of admitted prompts reserves their width: the first SPARE_COLUMNS decode steps write in place
+    (no new buffers, which would copy the whole cache)."""
+    model = _model("plain", torch.float32, tiny_llama_dir, None)
+    prepare_lean(model)
+    torch.manual_seed(6)
+    shared = torch.randint(10, 900, (5,)).tolist()
+    prompts = [shared + torch.randint(10, 900, (n,)).tolist() for n in (3, 8, 6)]
+    decoder = Decoder(model, [5], pad_id=0, max_batch=4, prefix_ids=common_prefix(prompts))
+    for prompt in prompts:
+        decoder.add(Request(prompt, SPARE_COLUMNS))
+    decoder.step()  # the prefill
+    layer = decoder.batch.cache.layers[0]
+    assert layer.buf_k.shape[2] - layer.length == SPARE_COLUMNS
+    buffer = layer.buf_k.data_ptr()
+    for _ in range(SPARE_COLUMNS - 1):
+        decoder.step()
+    assert decoder.batch is None or decoder.batch.cache.layers[0].buf_k.data_ptr() == buffer
 
 
 def test_it_is_not_used_once_the_weights_change(tiny_llama_dir):

@@ -218,7 +218,7 @@ class Decoder:
             values = [v.expand(len(rows), -1, -1, -1) for v in pv]
         adapters = None if adapter is None or not self._peft else [adapter] * len(rows)
         mask = mask.to(self.device)
-        cache = make_cache(keys, values)
+        cache = make_cache(keys, values, reserve=width)  # room for the prompts, then for decode steps
         logits = self._forward(ids.to(self.device), mask, positions.to(self.device), cache, adapters)
         next_positions = torch.tensor([len(r.prompt_ids) for r in rows], device=self.device)
         batch = _Batch(list(rows), cache, mask, next_positions, torch.zeros(len(rows), dtype=torch.long))

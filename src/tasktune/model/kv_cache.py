@@ -19,13 +19,15 @@ SPARE_COLUMNS = 32
 concatenating (copying) every layer's whole cache (measured: a fifth of a 50-row decode step)."""
 
 
-def make_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]):
-    """A transformers DynamicCache over these per-layer tensors; empty: filled by the first forward pass.
-    Every layer is a full-attention layer: columns are not token distances here."""
+def make_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], reserve: int = 0):
+    """A transformers DynamicCache over these per-layer tensors, with `reserve` + SPARE_COLUMNS free columns
+    after them (the decoder reserves its prompts' width, so that their prefill leaves the spare columns to
+    the decode steps); empty: filled by the first forward pass. Every layer is a full-attention layer:
+    columns are not token distances here."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    cache.layers = [_spare_layer()(k, v) for k, v in zip(keys, values, strict=True)]
+    cache.layers = [_spare_layer()(k, v, SPARE_COLUMNS + reserve) for k, v in zip(keys, values, strict=True)]
     if not keys:
         cache.layer_class_to_replicate = _spare_layer()
     return cache
@@ -76,13 +78,14 @@ def _spare_layer() -> type:
     from transformers.cache_utils import DynamicLayer
 
     class SpareLayer(DynamicLayer):
-        def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
+        def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
+                     spare: int = SPARE_COLUMNS):
             super().__init__()
             self.length = 0
             self.rows = 0  # rows in use: the first `rows` of the buffers
             if keys is not None and values is not None:
                 self.lazy_initialization(keys, values)
-                self._grow([keys], [values])
+                self._grow([keys], [values], spare)
 
         def _grow(self, keys: list[torch.Tensor], values: list[torch.Tensor], spare: int = SPARE_COLUMNS) -> None:
             """New buffers holding the column blocks `keys`/`values` one after the other, then `spare` free

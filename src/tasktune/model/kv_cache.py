@@ -59,7 +59,8 @@ def fill_order(keep: list[int]) -> list[int]:
 
 def select_rows(cache, order: list[int], first: int):
     """The cache of the rows `order` (from `fill_order`), from column `first` on, in place: rows move only
-    where `order[j] != j`, into slots that no kept row needs; the buffers keep their size. Returns `cache`."""
+    where `order[j] != j`, into slots that no kept row needs; the buffers keep their size (new ones only where
+    leading columns are dropped, `first` > 0, which a shared prompt prefix rules out). Returns `cache`."""
     moves = [(j, i) for j, i in enumerate(order) if i != j]
     for layer in cache.layers:
         layer.keep_rows(len(order), moves, first)

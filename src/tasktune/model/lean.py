@@ -9,7 +9,7 @@ factored, model/fold.py), each behind a module call, with about a hundred small 
   exact zeros), added in place;
 - bf16 weights are prepacked once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`), so a matmul of a
   few rows no longer reorders the weight on every call (one row x [576 -> 1536]: 145 -> 39 us, equal results);
-- RMSNorm is one fused operator, RoPE rotates queries and keys in one pass, the boolean attention mask and the
+- RMSNorm is one operator call, RoPE rotates queries and keys in one pass, the boolean attention mask and the
   RoPE tables are made once per pass;
 - only real positions are computed: the left padding of a batched prefill (a quarter of the demo evaluation's
   first 64 x 24 prefill) and rows that finished but still ride in the batch are left out of every matmul.

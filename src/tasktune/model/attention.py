@@ -36,7 +36,7 @@ SDPA_NAME = "tasktune_sdpa"
 MAX_QUERY = 64
 """Queries longer than this go to SDPA (its kernel wins from a few hundred positions on)."""
 _registered = False
-_shared_mask: tuple[weakref.ref, torch.dtype, torch.Tensor] | None = None
+_shared_mask: tuple[weakref.ref, torch.dtype, float, torch.Tensor] | None = None
 """The last boolean mask seen and its additive form (the layers of one forward pass get the same mask)."""
 
 
@@ -60,12 +60,13 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     key, value = key.contiguous(), value.contiguous()
     # query head h reads key/value head h // group (transformers' repeat_kv order): stack a group's queries
     scores = torch.matmul(query.reshape(rows, kv_heads, group * q, dim), key.transpose(-1, -2))
-    scores = scores.view(rows, kv_heads, group, q, columns).float() * scale
     if attention_mask is None:
         attention_mask = torch.ones((q, columns), dtype=torch.bool, device=query.device)
         attention_mask = (attention_mask.tril(columns - q) if _causal(module, kwargs) else attention_mask)[None, None]
-    # a finite fill: a row with nothing to attend (left padding) gets uniform weights, not NaN
-    scores = scores.masked_fill(~attention_mask[:, :, None], torch.finfo(torch.float32).min)
+    # scale and mask in one operator (the mask as 0 / a finite minimum, made once per forward pass): a row with
+    # nothing to attend (left padding) gets uniform weights, not NaN; the values equal float, scale, fill
+    bias = additive_mask(attention_mask, torch.float32, torch.finfo(torch.float32).min)[:, :, None]
+    scores = torch.add(bias, scores.view(rows, kv_heads, group, q, columns), alpha=scale)
     weights = torch.softmax(scores, dim=-1).to(value.dtype).view(rows, kv_heads, group * q, columns)
     out = torch.matmul(weights, value).view(rows, heads, q, dim)
     return out.transpose(1, 2).contiguous(), None
@@ -96,14 +97,15 @@ def _causal(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
     return getattr(module, "is_causal", True) if causal is None else causal
 
 
-def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`mask` (True: attend) as 0 / -inf in `dtype`, what SDPA makes of a boolean mask; the same tensor again
-    for the same mask object, so the layers of one forward pass share one copy."""
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype, fill: float = float("-inf")) -> torch.Tensor:
+    """`mask` (True: attend) as 0 / `fill` in `dtype` (-inf: what SDPA makes of a boolean mask); the same
+    tensor again for the same mask object, so the layers of one forward pass share one copy."""
     global _shared_mask
-    if _shared_mask is not None and _shared_mask[0]() is mask and _shared_mask[1] == dtype:
-        return _shared_mask[2]
-    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-    _shared_mask = (weakref.ref(mask), dtype, additive)
+    if (_shared_mask is not None and _shared_mask[0]() is mask and _shared_mask[1] == dtype
+            and _shared_mask[2] == fill):
+        return _shared_mask[3]
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, fill)
+    _shared_mask = (weakref.ref(mask), dtype, fill, additive)
     return additive
 
 

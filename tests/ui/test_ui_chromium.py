@@ -34,6 +34,15 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium is abse
                                 "install Debian's `chromium` (make setup does) to run the browser test")
 
 
+def demo_instruction() -> str:
+    """The task instruction the bundled demo example trains with (its answer format and label descriptions)."""
+    from tasktune.config.load import load_config
+    from tasktune.evaluate.runner import task_spec
+    from tasktune.tasks.ner import instruction
+
+    return instruction(task_spec(load_config(str(ROOT / "examples" / "ner-demo.yaml"), [])))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -143,8 +152,7 @@ def test_train_eval_chat_in_chromium(ui_server, tiny_llama_dir):
         expect(page.locator("#chat-model-a textarea, #chat-model-a input").first).to_have_value(model)
         fill(page, "chat-adapter-a", str(run_dir / "best" / "adapter"))
         page.get_by_label("side by side", exact=False).check()  # B: the base model, no adapter
-        instruction = "Entity types: LOC, ORG, PER. List the entities in the text as a JSON list of {\"type\", " \
-                      "\"text\"} in order of appearance, or [].\nAda Park joined Acme in Oslo."
+        instruction = f"{demo_instruction()}\nAda Park joined Acme in Oslo."  # as the tuned adapter was trained
         # the tiny random model answers this short prompt with text (greedy, seeded); some prompts end at once
         short = "Extract the entities: Ada Park joined Acme in Oslo."
         fill(page, "chat-input", instruction if os.environ.get("TASKTUNE_UI_MODEL") else short)

@@ -123,14 +123,15 @@ def single_stream(model_fp32, model_bf16, unfused, tokenizer, max_new: int) -> d
     with torch.inference_mode():
         out = model_fp32.generate(**enc, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False)
     hf = (out.shape[1] - enc["input_ids"].shape[1]) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    pieces = list(stream_chat(model_bf16, tokenizer, CHAT, max_new_tokens=max_new))
-    tokens = len(tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
-    tt = tokens / (time.perf_counter() - started)
-    started = time.perf_counter()
-    pieces = list(stream_chat(unfused, tokenizer, CHAT, max_new_tokens=max_new))
-    tokens = len(tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
-    tt_unfused = tokens / (time.perf_counter() - started)
+
+    def rate(stream) -> float:
+        """Tokens/s of a streamed reply, its text counted in the model's tokens."""
+        started = time.perf_counter()
+        text = "".join(stream)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) / (time.perf_counter() - started)
+
+    tt = rate(stream_chat(model_bf16, tokenizer, CHAT, max_new_tokens=max_new))
+    tt_unfused = rate(stream_chat(unfused, tokenizer, CHAT, max_new_tokens=max_new))
     llama = ours = None
     try:
         from llama_cpp import Llama
@@ -138,9 +139,7 @@ def single_stream(model_fp32, model_bf16, unfused, tokenizer, max_new: int) -> d
         from tasktune.serve.llamacpp import LlamaCppChat
 
         backend = LlamaCppChat("smollm2-135m-instruct", threads=torch.get_num_threads())
-        started = time.perf_counter()
-        text = "".join(backend.stream_chat(CHAT, max_new_tokens=max_new))
-        ours = len(tokenizer(text, add_special_tokens=False)["input_ids"]) / (time.perf_counter() - started)
+        ours = rate(backend.stream_chat(CHAT, max_new_tokens=max_new))
 
         from tasktune.model.convert import SMOLLM2_GGUF, package_dir
 

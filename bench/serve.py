@@ -5,7 +5,13 @@ sends a fixed number of short greedy chat requests (max_tokens 32) and prints re
 tokens/s, p50/p95 latency, failures and the server's batching, with throughput ratios against the
 1-client level of the same run. Every level has a time budget; the whole run stays under 3 minutes.
 
+With `--adapter` (repeatable, [NAME=]DIR) the server loads those LoRA adapters and consecutive requests
+cycle through the base model and each adapter, so a batch mixes them. `--compare-transformers` then runs the
+same levels again against a second server whose models keep transformers' forward (TASKTUNE_LEAN=0: peft's
+per-row `adapter_names` instead of model/lean.py), in the same invocation, with the ratio per level.
+
     .venv/bin/python bench/serve.py [--levels 1,4,16] [--max-tokens 32] [--threads 1] [--json out.json]
+    .venv/bin/python bench/serve.py --adapter out/demo/adapter --compare-transformers
 """
 
 from __future__ import annotations
@@ -59,10 +65,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch: int, max_queue: int, threads: int) -> subprocess.Popen:
+def start_server(model: str, port: int, max_batch: int, max_queue: int, threads: int, adapters: list[str],
+                 lean: bool = True) -> subprocess.Popen:
     command = [sys.executable, "-m", "tasktune.cli", "api", "--model", model, "--port", str(port),
                "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--threads", str(threads)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for adapter in adapters:
+        command += ["--adapter", adapter]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TASKTUNE_LEAN": "1" if lean else "0"}
     env.pop("TASKTUNE_API_KEY", None)
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -91,8 +100,10 @@ async def server_batches(url: str) -> int:
         return (await http.get(f"{url}/health", timeout=5)).json()["stats"]["batches"]
 
 
-async def run_level(url: str, model: str, clients: int, requests: int, max_tokens: int, budget_s: float) -> Level:
-    """`clients` concurrent loops share `requests` requests; none starts after `budget_s`."""
+async def run_level(url: str, models: list[str], clients: int, requests: int, max_tokens: int,
+                    budget_s: float) -> Level:
+    """`clients` concurrent loops share `requests` requests (request i asks models[i % len(models)]); none
+    starts after `budget_s`."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
@@ -104,7 +115,7 @@ async def run_level(url: str, model: str, clients: int, requests: int, max_token
     async def one_client() -> None:
         nonlocal tokens, failed, issued
         while issued < requests and time.perf_counter() - start < budget_s:
-            prompt = PROMPTS[issued % len(PROMPTS)]
+            prompt, model = PROMPTS[issued % len(PROMPTS)], models[issued % len(models)]
             issued += 1
             began = time.perf_counter()
             try:
@@ -136,18 +147,27 @@ def table(levels: list[Level]) -> str:
     return "\n".join(lines)
 
 
-async def bench(args: argparse.Namespace) -> list[Level]:
+def adapter_names(adapters: list[str]) -> list[str]:
+    """The API model names of `--adapter` values, as `tasktune api` names them."""
+    from tasktune.serve.front import parse_adapter_specs
+
+    return list(parse_adapter_specs(adapters))
+
+
+async def serve_levels(args: argparse.Namespace, lean: bool) -> list[Level]:
     levels = [int(n) for n in args.levels.split(",")]
+    models = ["base", *adapter_names(args.adapter)]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_server(args.model, port, max(levels), args.max_queue, args.threads)
+    process = start_server(args.model, port, max(levels), args.max_queue, args.threads, args.adapter, lean)
     try:
         await wait_ready(url, process, timeout=90)
-        await run_level(url, "base", 1, 2, args.max_tokens, 30)  # warm-up
+        await run_level(url, models, 1, 2 * len(models), args.max_tokens, 30)  # warm-up (every model's prefix)
         results = []
         for clients in levels:
-            level = await run_level(url, "base", clients, max(8, 2 * clients), args.max_tokens, args.level_budget)
-            print(f"  {clients:>2} clients: {level.requests} requests in {level.seconds:.1f} s", file=sys.stderr)
+            level = await run_level(url, models, clients, max(8, 2 * clients), args.max_tokens, args.level_budget)
+            print(f"  {'lean' if lean else 'transformers'} forward, {clients:>2} clients: {level.requests} requests "
+                  f"in {level.seconds:.1f} s", file=sys.stderr)
             results.append(level)
         return results
     finally:
@@ -167,21 +187,34 @@ def main() -> int:
     parser.add_argument("--level-budget", type=float, default=40.0, help="seconds after which a level stops issuing")
     parser.add_argument("--threads", type=int, default=1,
                         help="server torch threads (default 1: on a shared 2-core machine more threads are slower)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                        help="a LoRA adapter for the server to load; requests cycle through the base model and these")
+    parser.add_argument("--compare-transformers", action="store_true",
+                        help="run the levels again on a server with transformers' forward (TASKTUNE_LEAN=0)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     started = time.perf_counter()
-    levels = asyncio.run(bench(args))
+    levels = asyncio.run(serve_levels(args, lean=True))
     print(table(levels))
+    compared = asyncio.run(serve_levels(args, lean=False)) if args.compare_transformers else []
+    if compared:
+        print("\nthe same levels, transformers' forward (TASKTUNE_LEAN=0)\n" + table(compared))
+        print("\nlean forward vs transformers' forward, generated tok/s: " + ", ".join(
+            f"{lean.clients} clients {lean.tokens_per_s / other.tokens_per_s:.2f}x"
+            for lean, other in zip(levels, compared, strict=True)))
     top, base = levels[-1], levels[0]
-    print(f"\n{args.model}, greedy, max_tokens={args.max_tokens}, {os.cpu_count()} CPUs, {args.threads} torch "
+    served = " + ".join([args.model, *adapter_names(args.adapter)])
+    print(f"\n{served}, greedy, max_tokens={args.max_tokens}, {os.cpu_count()} CPUs, {args.threads} torch "
           f"thread(s); {top.clients} clients vs {base.clients}: "
           f"{top.tokens_per_s / base.tokens_per_s:.2f}x generated tokens/s, "
           f"{top.requests_per_s / base.requests_per_s:.2f}x requests/s; total {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump([{**asdict(lv), "requests_per_s": lv.requests_per_s, "tokens_per_s": lv.tokens_per_s}
-                       for lv in levels], out, indent=2)
-    failures = sum(lv.failed for lv in levels)
+            json.dump([{**asdict(lv), "forward": forward, "requests_per_s": lv.requests_per_s,
+                        "tokens_per_s": lv.tokens_per_s}
+                       for forward, runs in (("lean", levels), ("transformers", compared)) for lv in runs],
+                      out, indent=2)
+    failures = sum(lv.failed for lv in levels + compared)
     return 1 if failures else 0
 
 

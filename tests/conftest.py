@@ -151,7 +151,7 @@ def slow_steps(model, seconds: float):
     from tasktune.model.lean import lean_forward
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    patched = [m for m in (base, lean_forward(base)) if m is not None]
+    patched = [m for m in (base, lean_forward(model) or lean_forward(base)) if m is not None]
 
     def slowed(original):
         @functools.wraps(original)

@@ -111,7 +111,7 @@ def test_positions_that_are_not_real_are_left_out_of_the_matmuls(dtype, tiny_lla
     lean = LeanForward(model)
     seen: list[int] = []
     qkv = lean.layers[0].qkv
-    lean.layers[0].qkv = lambda x: seen.append(x.shape[0]) or qkv(x)
+    lean.layers[0].qkv = lambda x, groups: seen.append(x.shape[0]) or qkv(x, groups)
     torch.manual_seed(1)
     ids = torch.randint(10, 900, (3, 6))
     mask = torch.ones(3, 6, dtype=torch.long)
@@ -183,10 +183,7 @@ def test_it_is_not_used_once_the_weights_change(tiny_llama_dir):
     assert Decoder(model, [5], pad_id=0)._lean is None
 
 
-def test_only_plain_llama_models_on_the_cpu_get_one(tiny_llama_dir, tiny_adapter_dir):
-    peft_model = load_model(ModelConfig(name_or_path=str(tiny_llama_dir), adapter=str(tiny_adapter_dir)))
-    assert lean_support(peft_model) is not None and not prepare_lean(peft_model)
-    assert lean_forward(peft_model) is None
+def test_only_llama_models_on_the_cpu_get_one(tiny_llama_dir):
     other = _model("plain", torch.float32, tiny_llama_dir, None)
     other.config.model_type = "gemma3_text"
     assert "model type" in lean_support(other) and not prepare_lean(other)
@@ -203,4 +200,12 @@ def test_a_model_whose_copies_would_not_fit_keeps_transformers_forward(tiny_llam
     monkeypatch.setattr(lean_module, "available_memory", lambda: 2 * size - 1)
     assert not prepare_lean(model) and lean_forward(model) is None
     monkeypatch.setattr(lean_module, "available_memory", lambda: 2 * size)
+    assert prepare_lean(model) and lean_forward(model) is not None
+
+
+def test_the_environment_can_turn_it_off(tiny_llama_dir, monkeypatch):
+    model = _model("plain", torch.float32, tiny_llama_dir, None)
+    monkeypatch.setenv("TASKTUNE_LEAN", "0")
+    assert not prepare_lean(model) and lean_forward(model) is None
+    monkeypatch.setenv("TASKTUNE_LEAN", "1")
     assert prepare_lean(model) and lean_forward(model) is not None

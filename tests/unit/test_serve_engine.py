@@ -75,6 +75,28 @@ def test_models_and_resolve(engine, tiny_llama_dir):
         engine.resolve("nope")
 
 
+def test_adapters_decode_through_the_lean_forward_with_the_replies_of_tasktune_eval(engine, tiny_llama_dir,
+                                                                                     tiny_adapter_dir):
+    """The engine's peft model runs model/lean.py with each row's adapter; the reply is the one of the adapter
+    folded as `tasktune eval` folds it (model/fold.py), and the base model's the plain model's."""
+    import torch
+
+    from tasktune.config.schema import ModelConfig
+    from tasktune.model.fold import fold_adapter
+    from tasktune.model.generate import chat_once
+    from tasktune.model.load import load_model, load_tokenizer
+
+    assert engine._decoder._lean is not None and engine._decoder._lean.adapters == {"adapter0"}
+    dtype = next(engine.model.parameters()).dtype
+    for name, adapter in (("a", tiny_adapter_dir), ("base", None)):
+        cfg = ModelConfig(name_or_path=str(tiny_llama_dir), adapter=str(adapter) if adapter else None)
+        model = load_model(cfg, dtype)
+        model = fold_adapter(model)[0] if adapter else model
+        with torch.inference_mode():
+            expected = chat_once(model, load_tokenizer(cfg), HELLO, max_new_tokens=10)
+        assert engine.chat(HELLO, name, max_new_tokens=10).text == expected, name
+
+
 def test_stream_reassembles_to_the_whole_reply_and_counts_tokens(engine):
     result = engine.chat(HELLO, "a", max_new_tokens=8)
     pieces = list(engine.stream_chat(HELLO, "a", max_new_tokens=8))

@@ -140,10 +140,16 @@ class Decoder:
         [rows, vocab]; with `keep` > 1, the last `keep` positions' [rows, keep, ...]. (The model's own head
         would also get transformers' strided slice of the last position, which a CPU matmul handles by
         expanding the weight per row: 3.7 of 5.7 s of a 64-row prefill.)"""
-        if self._lean is not None and adapters is None:
-            out = self._lean(input_ids, mask, positions, cache, keep)
+        if self._lean is not None and (adapters is None or self._lean.serves(adapters)):
+            out = self._lean(input_ids, mask, positions, cache, keep, adapters)
             self.forward_passes += 1
             return out[:, -1, :].contiguous() if keep == 1 else out
+        if self._lean is not None:  # an adapter loaded after the lean forward was built: transformers' forward
+            with cpu_attention(self.model):
+                return self._model_forward(input_ids, mask, positions, cache, adapters, keep)
+        return self._model_forward(input_ids, mask, positions, cache, adapters, keep)
+
+    def _model_forward(self, input_ids, mask, positions, cache, adapters, keep: int) -> torch.Tensor:
         extra: dict[str, Any] = {}
         if adapters is not None:
             extra["adapter_names"] = adapters
@@ -171,10 +177,15 @@ class Decoder:
         return torch.nn.functional.linear(out.to(weight.dtype), weight, bias).float()
 
     def _adapter_names(self, rows: Sequence[Request]) -> list[str] | None:
-        if not self._peft or all(r.adapter is None for r in rows):
+        return self._names([r.adapter for r in rows])
+
+    def _names(self, adapters: Sequence[str | None]) -> list[str] | None:
+        """Each row's peft adapter (a row naming none gets the active one), or None where the model runs as
+        it is: no peft model, or no row naming one on transformers' forward (peft applies its active one)."""
+        if not self._peft or (self._lean is None and all(a is None for a in adapters)):
             return None
         active = getattr(self.model, "active_adapter", None)
-        return [r.adapter or active or BASE_ADAPTER for r in rows]
+        return [a or active or BASE_ADAPTER for a in adapters]
 
     def _prefix(self, adapter: str | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The shared prefix's keys and values per layer (batch of one), computed once per adapter."""
@@ -182,7 +193,7 @@ class Decoder:
             ids = torch.tensor([self.prefix_ids], device=self.device)
             mask = torch.ones_like(ids)
             positions = torch.arange(len(self.prefix_ids), device=self.device)[None]
-            adapters = None if adapter is None or not self._peft else [adapter]
+            adapters = self._names([adapter])
             cache = make_cache([], [])
             self._forward(ids, mask, positions, cache, adapters)
             self._prefix_cache[adapter] = cache_tensors(cache)
@@ -216,7 +227,7 @@ class Decoder:
             pk, pv = self._prefix(adapter)
             keys = [k.expand(len(rows), -1, -1, -1) for k in pk]
             values = [v.expand(len(rows), -1, -1, -1) for v in pv]
-        adapters = None if adapter is None or not self._peft else [adapter] * len(rows)
+        adapters = self._names([adapter] * len(rows))
         mask = mask.to(self.device)
         cache = make_cache(keys, values, reserve=width)  # room for the prompts, then for decode steps
         logits = self._forward(ids.to(self.device), mask, positions.to(self.device), cache, adapters)

@@ -34,16 +34,21 @@ class LowRankDelta(nn.Module):
         return self.base(x) + F.linear(F.linear(x, self.down), self.up, self.up_bias)
 
 
-def _factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(down, scaled up, up bias) of a peft LoRA Linear with one plain active adapter, else None."""
+def lora_factors(layer: nn.Module, name: str | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(down, scaled up, up bias) in float32 of adapter `name` of a peft LoRA Linear (None: its one active
+    adapter), or None where the layer is not a plain LoRA Linear holding it (DoRA, merged, fan-in-fan-out)."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     if type(layer) is not LoraLinear or not isinstance(layer.base_layer, nn.Linear):
         return None
-    active = layer.active_adapters
-    if len(active) != 1 or layer.fan_in_fan_out or layer.merged:
+    if layer.fan_in_fan_out or layer.merged:
         return None
-    name = active[0]
+    if name is None:
+        active = layer.active_adapters
+        if len(active) != 1:
+            return None
+        name = active[0]
     if getattr(layer, "use_dora", {}).get(name) or name not in layer.lora_A:
         return None
     scale = layer.scaling[name]
@@ -62,7 +67,7 @@ def fold_adapter(model: nn.Module) -> tuple[nn.Module, str]:
     if dtype == torch.float32:
         return model.merge_and_unload(), "merged"
     lora_layers = {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
-    factors = {name: _factors(module) for name, module in lora_layers.items()}
+    factors = {name: lora_factors(module) for name, module in lora_layers.items()}
     if not lora_layers or any(f is None for f in factors.values()):
         return model.merge_and_unload(), "merged (a layer peft cannot keep factored here; bf16 rounding applies)"
     prefix = "base_model.model."
@@ -82,7 +87,7 @@ def delta_lost_to_rounding(model: nn.Module, dtype: torch.dtype) -> float:
     0.0 when no layer changes anything."""
     losses = []
     for layer in model.modules():
-        if _factors(layer) is None:
+        if lora_factors(layer) is None:
             continue
         weight = layer.base_layer.weight.detach().float()
         delta = layer.get_delta_weight(layer.active_adapters[0]).detach().float()

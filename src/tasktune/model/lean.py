@@ -7,6 +7,10 @@ factored, model/fold.py), each behind a module call, with about a hundred small 
 - q, k and v are one matmul, gate and up another; a LoRA delta kept factored adds two more per group (all
   its down-projections stacked, then the up-projections as one block-diagonal matrix whose zero blocks add
   exact zeros), added in place;
+- a peft model's LoRA adapters (the API's and chat's `--adapter`s) stay apart, one such pair of matmuls per
+  adapter, each over the positions of the rows that name it (S-LoRA's idea on a small scale): rows of
+  different adapters share the base matmuls of one pass, as peft's per-row `adapter_names` does, without
+  peft's per-layer loop over adapters and casts;
 - bf16 weights are prepacked once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`), so a matmul of a
   few rows no longer reorders the weight on every call (one row x [576 -> 1536]: 145 -> 39 us, equal results);
 - RMSNorm is one operator call, RoPE rotates queries and keys in one pass, the boolean attention mask and the
@@ -16,7 +20,7 @@ factored, model/fold.py), each behind a module call, with about a hundred small 
 
 It computes what transformers' forward computes, with the same weights in the same dtypes (up to summation
 order; tested against it). `prepare_lean(model)` builds it once for an inference-only model (`tasktune eval`,
-the API and chat without per-request adapters); a model being trained never gets one (its weights change), and
+chat, the API); a model being trained never gets one (its weights change), and
 one whose weights changed since is not used (`current`). The fused copies cost the size of the layers' weights
 once more (~214 MB in bf16 for SmolLM2-135M).
 
@@ -28,6 +32,7 @@ first prefill (64 rows, 1,165 real tokens in 64 x 24 positions) takes ~1.05 s, a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,11 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasktune.model.attention import MAX_QUERY, grouped_attention
-from tasktune.model.fold import LowRankDelta
+from tasktune.model.fold import LowRankDelta, lora_factors
+from tasktune.model.request import BASE_ADAPTER
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral"})
 """Model types whose decoder layers are exactly Llama's (pre-norm RMSNorm, RoPE, SwiGLU, no soft-capping)."""
 _ATTRIBUTE = "_tasktune_lean"
+OFF_SWITCH = "TASKTUNE_LEAN"
+"""Set to 0, models keep transformers' forward (to compare with it, or to rule the lean forward out)."""
 
 
 def _packable(dtype: torch.dtype) -> bool:
@@ -50,18 +58,28 @@ def _packable(dtype: torch.dtype) -> bool:
 
 
 @dataclass
+class LowRankStack:
+    """The LoRA deltas of the projections of one input as two matmuls: their down-projections stacked, then
+    their (scaled) up-projections as one block-diagonal matrix whose zero blocks add exact zeros."""
+
+    down: torch.Tensor
+    """[ranks, in] (prepacked for oneDNN where the projection is)."""
+    up: torch.Tensor
+    """[outputs, ranks]: each projection's up-projection on its own rows and columns."""
+    up_bias: torch.Tensor | None
+
+
+@dataclass
 class FusedProjection:
-    """Several projections of one input as one matmul (their weights stacked), their LoRA down-projections as a
-    second one (stacked too), and the up-projections as a third (one block-diagonal matrix), added in place."""
+    """Several projections of one input as one matmul (their weights stacked), plus the LoRA deltas: a folded
+    adapter's for every row (`delta`), and each named peft adapter's for the rows that ask for it (`adapters`),
+    added in place."""
 
     weight: torch.Tensor
     """[outputs, in], prepacked for oneDNN where `packed`."""
     bias: torch.Tensor | None
-    down: torch.Tensor | None
-    """[ranks, in]: the LoRA down-projections of all the projections (prepacked where `packed`)."""
-    up: torch.Tensor | None
-    """[outputs, ranks]: each projection's (scaled) LoRA up-projection on its own rows and columns."""
-    up_bias: torch.Tensor | None
+    delta: LowRankStack | None
+    adapters: dict[str, LowRankStack]
     packed: bool
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -69,56 +87,87 @@ class FusedProjection:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         return F.linear(x, weight, bias)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _low_rank(self, x: torch.Tensor, stack: LowRankStack) -> torch.Tensor:
+        return self._linear(self._linear(x, stack.down, None), stack.up, stack.up_bias)
+
+    def __call__(self, x: torch.Tensor, groups: Sequence[tuple[str, torch.Tensor | None]] = ()) -> torch.Tensor:
+        """The projections of `x` [positions, in]; `groups`: (adapter name, the positions that use it, None for
+        all), from `LeanForward._groups`."""
         y = self._linear(x, self.weight, self.bias)
-        if self.down is None:
-            return y
         # base(x) + up(down(x)) with the same roundings; the down-projections are not stacked under the base
         # weights: that made the base output strided and its width odd (a 64-row step of gate/up 660 -> 640 us)
-        return y.add_(self._linear(self._linear(x, self.down, None), self.up, self.up_bias))
+        if self.delta is not None:
+            y.add_(self._low_rank(x, self.delta))
+        for name, index in groups:
+            stack = self.adapters.get(name)
+            if stack is None:  # this adapter leaves these projections alone
+                continue
+            if index is None:
+                y.add_(self._low_rank(x, stack))
+            else:
+                y.index_add_(0, index, self._low_rank(x.index_select(0, index), stack))
+        return y
 
 
-def fuse_projections(layers: Sequence[nn.Module], pack: bool) -> FusedProjection:
-    """One `FusedProjection` for `layers` (nn.Linear, or model/fold.py's LowRankDelta over one) of one input."""
-    bases, deltas = [], []
+def _stack(bases: Sequence[nn.Linear], factors: Sequence[tuple | None], pack: bool) -> LowRankStack | None:
+    """One `LowRankStack` of the (down, scaled up, up bias) factors of each base layer (None: no delta there),
+    in the bases' dtype; None when no layer has one."""
+    if all(f is None for f in factors):
+        return None
+    dtype = bases[0].weight.dtype
+    down = torch.cat([f[0].to(dtype) for f in factors if f is not None])
+    up = torch.zeros((sum(b.out_features for b in bases), down.shape[0]), dtype=dtype)
+    row = column = 0
+    for base, factor in zip(bases, factors, strict=True):
+        if factor is not None:
+            rank = factor[0].shape[0]
+            up[row:row + base.out_features, column:column + rank] = factor[1].to(dtype)
+            column += rank
+        row += base.out_features
+    up_bias = None
+    if any(f is not None and f[2] is not None for f in factors):
+        up_bias = torch.cat([f[2].to(dtype) if f is not None and f[2] is not None
+                             else torch.zeros(b.out_features, dtype=dtype)
+                             for b, f in zip(bases, factors, strict=True)])
+    if pack:
+        down, up = torch.ops.mkldnn._reorder_linear_weight(down), torch.ops.mkldnn._reorder_linear_weight(up)
+    return LowRankStack(down, up, up_bias)
+
+
+def fuse_projections(layers: Sequence[nn.Module], pack: bool, adapters: Sequence[str] = ()) -> FusedProjection:
+    """One `FusedProjection` for `layers` of one input: nn.Linear, model/fold.py's LowRankDelta over one, or a
+    peft LoRA Linear whose named `adapters` become per-row deltas (TypeError for anything else)."""
+    bases, folded, named = [], [], {name: [] for name in adapters}
     for layer in layers:
+        delta, lora = None, False
         if isinstance(layer, LowRankDelta) and type(layer.base) is nn.Linear:
-            bases.append(layer.base)
-            deltas.append(layer)
+            base, delta = layer.base, (layer.down.detach(), layer.up.detach(),
+                                       None if layer.up_bias is None else layer.up_bias.detach())
         elif type(layer) is nn.Linear:
-            bases.append(layer)
-            deltas.append(None)
+            base = layer
+        elif hasattr(layer, "lora_A") and type(getattr(layer, "base_layer", None)) is nn.Linear:
+            base, lora = layer.base_layer, True
         else:
             raise TypeError(f"{type(layer).__name__} cannot be fused")
+        for name, factors in named.items():
+            factor = lora_factors(layer, name) if lora else None
+            if factor is None and lora and name in layer.lora_A:
+                raise TypeError(f"adapter {name!r} of {type(layer).__name__} is not a plain LoRA (DoRA, merged)")
+            factors.append(factor)
+        bases.append(base)
+        folded.append(delta)
     dtype = bases[0].weight.dtype
-    outputs = sum(b.out_features for b in bases)
     weight = torch.cat([b.weight.detach() for b in bases])
     bias = None
     if any(b.bias is not None for b in bases):
         bias = torch.cat([b.bias.detach() if b.bias is not None else torch.zeros(b.out_features, dtype=dtype)
                           for b in bases])
-    down = up = up_bias = None
-    downs = [d.down.detach() for d in deltas if d is not None]
-    if downs:
-        down = torch.cat(downs)
-        up = torch.zeros((outputs, down.shape[0]), dtype=dtype)
-        row = column = 0
-        for base, delta in zip(bases, deltas, strict=True):
-            if delta is not None:
-                rank = delta.down.shape[0]
-                up[row:row + base.out_features, column:column + rank] = delta.up.detach()
-                column += rank
-            row += base.out_features
-        if any(d is not None and d.up_bias is not None for d in deltas):
-            up_bias = torch.cat([d.up_bias.detach() if d is not None and d.up_bias is not None
-                                 else torch.zeros(b.out_features, dtype=dtype)
-                                 for b, d in zip(bases, deltas, strict=True)])
     packed = pack and _packable(dtype)
     if packed:
         weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-        if down is not None:
-            down, up = torch.ops.mkldnn._reorder_linear_weight(down), torch.ops.mkldnn._reorder_linear_weight(up)
-    return FusedProjection(weight, bias, down, up, up_bias, packed)
+    stacks = {name: _stack(bases, factors, packed) for name, factors in named.items()}
+    return FusedProjection(weight, bias, _stack(bases, folded, packed),
+                           {name: stack for name, stack in stacks.items() if stack is not None}, packed)
 
 
 @dataclass
@@ -136,8 +185,11 @@ class LeanForward:
     the output embedding): the last `keep` positions' final hidden states, [rows, keep, hidden]."""
 
     def __init__(self, model: nn.Module, pack: bool = True):
-        inner = model.model
-        config = model.config
+        self.adapters = frozenset(_lora_adapters(model))
+        """The peft adapters a row may name (`forward`'s `adapters`); empty for a plain model."""
+        causal = model.get_base_model() if self.adapters else model
+        inner = causal.model
+        config = causal.config
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm.weight
@@ -147,18 +199,42 @@ class LeanForward:
         self.intermediate = config.intermediate_size
         self.is_causal = True  # read by the attention function where a call has no mask
         self.layers = []
+        fused: set[int] = set()
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
-            self.layers.append(_Layer(
-                layer.input_layernorm.weight,
-                fuse_projections([attention.q_proj, attention.k_proj, attention.v_proj], pack),
-                fuse_projections([attention.o_proj], pack),
-                layer.post_attention_layernorm.weight,
-                fuse_projections([mlp.gate_proj, mlp.up_proj], pack),
-                fuse_projections([mlp.down_proj], pack),
-            ))
+            groups = [[attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
+                      [mlp.gate_proj, mlp.up_proj], [mlp.down_proj]]
+            qkv, o, gate_up, down = (fuse_projections(group, pack, sorted(self.adapters)) for group in groups)
+            self.layers.append(_Layer(layer.input_layernorm.weight, qkv, o, layer.post_attention_layernorm.weight,
+                                      gate_up, down))
+            fused.update(id(module) for group in groups for module in group)
+        if any(hasattr(m, "lora_A") and id(m) not in fused for m in causal.modules()):
+            raise TypeError("a LoRA adapter on layers other than the attention and MLP projections")
         self._sources = [p for p in model.parameters()]
         self._versions = self._weight_versions()
+
+    def serves(self, adapters: Sequence[str]) -> bool:
+        """Whether every row's adapter is one of `self.adapters` or the base model (BASE_ADAPTER)."""
+        return all(name in self.adapters or name == BASE_ADAPTER for name in adapters)
+
+    def _groups(self, adapters: Sequence[str] | None, rows: int, q: int,
+                real: torch.Tensor | None) -> list[tuple[str, torch.Tensor | None]]:
+        """(adapter, the computed positions of the rows that name it, None when all do) per adapter in use."""
+        if not adapters:
+            return []
+        names = [name for name in dict.fromkeys(adapters) if name in self.adapters]
+        if len(set(adapters)) == 1:
+            return [(name, None) for name in names]
+        if real is None:
+            row_of = torch.arange(rows).repeat_interleave(q)
+        else:
+            row_of = torch.div(real, q, rounding_mode="floor")
+        groups = []
+        for name in names:
+            index = torch.tensor([a == name for a in adapters])[row_of].nonzero().squeeze(1)
+            if index.numel():
+                groups.append((name, index))
+        return groups
 
     def _weight_versions(self) -> list[tuple[int, int]]:
         return [(p.data_ptr(), p._version) for p in self._sources]
@@ -181,9 +257,10 @@ class LeanForward:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                cache, keep: int = 1) -> torch.Tensor:
+                cache, keep: int = 1, adapters: Sequence[str] | None = None) -> torch.Tensor:
         """input_ids [rows, q] after the cache's columns; attention_mask [rows, columns + q] (1: a real
-        token); position_ids [rows, q]; `cache` a transformers DynamicCache (it grows by q columns).
+        token); position_ids [rows, q]; `cache` a transformers DynamicCache (it grows by q columns); `adapters`:
+        each row's peft adapter (one of `self.adapters`, or BASE_ADAPTER), None: the model's own weights only.
 
         Only the positions whose new columns are real are computed (`_real_positions`): the left padding of a
         prefill, the right padding of a drafted pass and the rows that finished and ride along are left out of
@@ -194,6 +271,7 @@ class LeanForward:
         ids, positions = input_ids.reshape(-1), position_ids.reshape(-1)
         if real is not None:
             ids, positions = ids[real], positions[real]
+        groups = self._groups(adapters, rows, q, real)
         hidden = self.embed(ids)  # [positions, hidden]: one row per computed position
         cos, sin = self.rotary(hidden, positions[None])
         cos, sin = cos[0, :, None], sin[0, :, None]  # [positions, 1, head_dim]: broadcast over heads
@@ -203,7 +281,7 @@ class LeanForward:
         masks: dict[int, torch.Tensor] = {}  # the mask widened to the cache buffers' columns (free ones masked)
         query_heads, all_heads = self.heads, self.heads + 2 * self.kv_heads
         for index, layer in enumerate(self.layers):
-            qkv = layer.qkv(self._norm(hidden, layer.input_norm)).view(-1, all_heads, self.head_dim)
+            qkv = layer.qkv(self._norm(hidden, layer.input_norm), groups).view(-1, all_heads, self.head_dim)
             rotated = qkv[:, :query_heads + self.kv_heads]
             rotated.copy_(self._rope(rotated, cos, sin))  # queries and keys in one pass, in place
             if real is not None:  # back to [rows * q] positions, zeros where nothing was computed
@@ -222,9 +300,9 @@ class LeanForward:
             attended = attended.reshape(rows * q, -1)
             if real is not None:
                 attended = attended.index_select(0, real)
-            hidden.add_(layer.o(attended))  # in place: no fresh buffer per layer
-            gate, up = layer.gate_up(self._norm(hidden, layer.post_norm)).split(self.intermediate, dim=-1)
-            hidden.add_(layer.down(F.silu(gate).mul_(up)))
+            hidden.add_(layer.o(attended, groups))  # in place: no fresh buffer per layer
+            gate, up = layer.gate_up(self._norm(hidden, layer.post_norm), groups).split(self.intermediate, dim=-1)
+            hidden.add_(layer.down(F.silu(gate).mul_(up), groups))
         if real is not None:
             hidden = hidden.new_zeros((rows * q, hidden.shape[-1])).index_copy_(0, real, hidden)
         return self._norm(hidden.view(rows, q, -1)[:, -keep:], self.final_norm)
@@ -239,11 +317,17 @@ def _real_positions(new_columns: torch.Tensor) -> torch.Tensor | None:
     return flat.nonzero().squeeze(1)
 
 
+def _lora_adapters(model: nn.Module) -> list[str]:
+    """The names of a peft model's adapters (`lean_support` checked they are LoRAs); [] for a plain model."""
+    return list(getattr(model, "peft_config", {}))
+
+
 def lean_support(model: nn.Module) -> str | None:
     """Why `model` cannot have a lean forward, or None when it can."""
     config = getattr(model, "config", None)
-    if hasattr(model, "peft_config"):
-        return "a peft model (per-request adapters)"
+    for name, adapter in getattr(model, "peft_config", {}).items():
+        if getattr(adapter, "peft_type", None) != "LORA" or getattr(adapter, "modules_to_save", None):
+            return f"peft adapter {name!r} is not a LoRA of linear layers only"
     if getattr(config, "model_type", None) not in LEAN_MODEL_TYPES:
         return f"model type {getattr(config, 'model_type', None)!r}"
     if getattr(config, "hidden_act", None) != "silu" or getattr(config, "sliding_window", None) is not None:
@@ -271,14 +355,15 @@ def available_memory() -> int | None:
 
 def prepare_lean(model: nn.Module) -> bool:
     """Build the lean forward of an inference-only model (once; kept on the model); False where the model
-    cannot have one (`lean_support`), a projection is not a plain or LoRA-factored Linear, or its fused
-    copies would take more than half of the memory still available (a large model keeps transformers'
-    forward rather than running out of memory)."""
+    cannot have one (`lean_support`), TASKTUNE_LEAN=0 turns it off, a projection is not a plain or LoRA
+    Linear (or the LoRA is on other layers), or its fused copies would take more than half of the memory
+    still available (a large model keeps transformers' forward rather than running out of memory)."""
     if lean_forward(model) is not None:
         return True
-    if lean_support(model) is not None:
+    if os.environ.get(OFF_SWITCH, "1") == "0" or lean_support(model) is not None:
         return False
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    causal = model.get_base_model() if hasattr(model, "peft_config") else model
+    layers = getattr(getattr(causal, "model", None), "layers", None)
     size = sum(p.numel() * p.element_size() for p in layers.parameters()) if layers is not None else 0
     available = available_memory()
     if available is not None and 2 * size > available:

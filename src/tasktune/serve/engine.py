@@ -1,7 +1,8 @@
 """The torch backend of `tasktune chat` and `tasktune api`: a base model plus named LoRA adapters behind the
 shared front's bounded queue (serve/front.py).
 
-All adapters live in one peft model. A worker thread feeds the jobs into model/decode.py's `Decoder`
+All adapters live in one peft model; on the CPU its rows decode through model/lean.py, each with its own
+adapter's low-rank matmuls over the shared base matmuls. A worker thread feeds the jobs into model/decode.py's `Decoder`
 (continuous batching: a job joins the running batch at the next step and leaves it when it ends, whatever
 its adapter, sampling settings, seed or constraint) and rows.py follows each job: stop strings,
 cancellation, incremental detokenisation of the streamed text.
@@ -77,7 +78,7 @@ class Engine(EngineFront):
         self._peft_names: dict[str, str] = {}
         for index, (name, path) in enumerate(adapters.items()):
             self._load_adapter(name, path, f"adapter{index}", base_cfg)
-        prepare_lean(self.model)  # a model without peft adapters decodes through model/lean.py on the CPU
+        prepare_lean(self.model)  # on the CPU, model/lean.py with each row's adapter (peft's forward otherwise)
         self.stop_ids = set(stop_token_ids(self.model, self.tokenizers[model]))
         self.pad_id = self.tokenizers[model].pad_token_id
         config = getattr(self.model, "config", None)

@@ -7,9 +7,11 @@ Rows (each printed with its ratio against the baseline of its group, all measure
     hf-generate   a plain batched `model.generate` loop in fp32 (adapter merged), left padding, longest first
                   (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
-                  prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens,
+                  prompt prefix encoded once, copy-constrained inline NER scored over the allowed tokens
+                  with drafts from the copied sentence (eval.copy_drafts=3)
     tt-transformers  the same through transformers' own forward (no lean forward, model/lean.py)
-    tt-drafts     the same with prompt lookup drafts (eval.draft_tokens=4; the default is 0)
+    tt-drafts     the same with prompt lookup drafts instead (eval.draft_tokens=4, copy_drafts=0; default 0)
+    tt-no-copy-drafts  the same without the copy constraint's drafts (eval.copy_drafts=0; the default is 3)
     lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), when .bench/lf-venv
                   exists (bench/setup_llamafactory.sh); otherwise the row says it was skipped
   single stream (one chat prompt, 64 new tokens, the same thread count):
@@ -209,10 +211,11 @@ def main() -> None:
         fp32, bf16, unfused = fold_adapter(fp32)[0], fold_adapter(bf16)[0], fold_adapter(unfused)[0]
     prepare_lean(bf16)  # as `tasktune eval` does (model/lean.py); `unfused` runs transformers' forward
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-transformers": [], "tt-drafts": []}
+    eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-transformers": [], "tt-drafts": [],
+                                      "tt-no-copy-drafts": []}
     stream: dict[str, list[float]] = {}
     f1s: dict[str, float | None] = {}
-    drafts = cfg.eval.draft_tokens
+    drafts, copy_drafts = cfg.eval.draft_tokens, cfg.eval.copy_drafts
     for repeat in range(args.repeats):
         order = list(eval_s) if repeat % 2 == 0 else list(reversed(eval_s))
         for name in order:
@@ -220,6 +223,7 @@ def main() -> None:
                 eval_s[name].append(hf_generate_loop(fp32, tokenizer, prompts, args.max_new, args.batch))
             else:
                 cfg.eval.draft_tokens = 4 if name == "tt-drafts" else drafts
+                cfg.eval.copy_drafts = 0 if name in ("tt-drafts", "tt-no-copy-drafts") else copy_drafts
                 model = unfused if name == "tt-transformers" else bf16
                 scored = predict(cfg, spec, model, tokenizer, rows, progress=False)
                 eval_s[name].append(scored.seconds)
@@ -233,12 +237,12 @@ def main() -> None:
     base = statistics.median(eval_s["hf-generate"])
     print(f"\neval: {n} demo NER dev rows, greedy, max {args.max_new} new tokens, batch {args.batch}, "
           f"{'adapter ' + adapter if adapter else 'untuned model'}")
-    print(f"{'run':<17}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
+    print(f"{'run':<19}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
     for name, values in eval_s.items():
         s = statistics.median(values)
-        print(f"{name:<17}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
+        print(f"{name:<19}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
     if lf is not None:
-        print(f"{'lf-predict':<17}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
+        print(f"{'lf-predict':<19}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
     else:
         print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")

@@ -147,7 +147,7 @@ def test_each_task_writes_exactly_the_required_fields(task, tiny, tiny_llama_dir
 
 def fake_generation(texts: list[str]):
     def generate(model, tokenizer, conversations, max_new_tokens, batch_size=16, constraint=None, progress=True,
-                 draft_tokens=0):
+                 draft_tokens=0, copy_drafts=0):
         assert len(conversations) == len(texts)
         assert all(c[-1]["role"] == "user" for c in conversations)  # the reference answer is not in the prompt
         return GenerationResult(list(texts), 10 * len(texts), 2.0, [False] * len(texts))

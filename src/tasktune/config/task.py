@@ -230,6 +230,11 @@ class EvalConfig:
     checks the guesses in the same pass and keeps those it would have chosen, so the answers are unchanged).
     Pays with small batches (batch_size 1: 1.3x on inline NER here); on a full CPU batch it costs 3-11 %,
     hence off by default. 0: one token per pass."""
+    copy_drafts: int = 3
+    """Tokens a greedy row may guess per forward pass from the text its constraint copies (constrained inline
+    NER: the rest of the sentence, or of a label once one is left; QA: the rest of the context within a
+    span). Checked in the same pass like `draft_tokens`, same answers; most guesses hold, so they pay on a
+    full batch too. 0: one token per pass."""
     scoring: str = "generate"
     """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
     during_training_limit: int = 200
@@ -255,3 +260,5 @@ class EvalConfig:
             raise ConfigError("eval.batch_size must be at least 1")
         if not 0 <= self.draft_tokens <= 32:
             raise ConfigError("eval.draft_tokens must be within [0, 32]")
+        if not 0 <= self.copy_drafts <= 32:
+            raise ConfigError("eval.copy_drafts must be within [0, 32]")

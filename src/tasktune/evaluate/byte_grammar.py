@@ -5,6 +5,10 @@ A grammar is a set of states and, per state, the bytes it may read next and the 
 when every byte of it can be read from the current states (a token may hold part of a UTF-8 character, as
 byte-level BPE tokens of Chinese do): a walk of the grammar over the tokenizer's sorted token strings
 (built once per tokenizer) finds them. Stop tokens are allowed exactly where the grammar is `complete`.
+
+A grammar that copies a text also guesses what comes next (`draft`): the text from where the reply stands,
+tokenized, for the decoder to verify in one forward pass (model/decode.py); the model keeps what it would
+have chosen anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from tasktune.evaluate.constrain import SuffixConstraint
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 SPACE = frozenset(b" \t\n\r\x0b\x0c")
 """Whitespace bytes: no span starts or ends next to one."""
+DRAFT_BYTES = 96
+"""Bytes of the copied text tokenized for a draft (~20 tokens of English, so at most that many guesses; a long
+QA context is not tokenized whole on every step)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,32 @@ class ByteGrammarConstraint(SuffixConstraint):
     def __init__(self, tokenizer, start: frozenset[Hashable], stop_ids: Sequence[int]):
         super().__init__(stop_ids)
         self.table = token_table(tokenizer)
+        self.tokenizer = tokenizer
         self._states: dict[tuple[int, ...], frozenset] = {(): start}
+        self._drafts: dict[bytes, list[int]] = {}
+
+    def _continuation(self, states: frozenset) -> bytes | None:
+        """The bytes the reply most likely goes on with from `states` (a copying grammar: the rest of its
+        text), or None where there is no single guess."""
+        return None
+
+    def draft(self, generated: tuple[int, ...], k: int) -> list[int]:
+        """Up to `k` tokens guessed to follow `generated`: `_continuation` tokenized as the model's training
+        targets were (the text's own words), [] without a guess."""
+        states = self.states_after(generated)
+        rest = self._continuation(states) if states and k > 0 else None
+        if not rest:
+            return []
+        window = rest[:DRAFT_BYTES]
+        if window not in self._drafts:
+            try:
+                text = window.decode()
+            except UnicodeDecodeError:  # the reply stands inside a character: no guess
+                text = ""
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            # a window cut short may end inside a word that the whole text tokenizes differently
+            self._drafts[window] = ids if len(window) == len(rest) else ids[:-1]
+        return self._drafts[window][:k]
 
     def _next(self, state) -> dict[int, list]:
         """byte -> the states it leads to, from one state."""

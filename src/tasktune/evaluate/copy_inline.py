@@ -6,7 +6,8 @@ tokens of Chinese do): outside a mention the next byte is the text's next byte o
 that is not whitespace, where no word is cut); inside one, the text's next byte or `|` (after a character
 that is not whitespace, where no word is cut), then the bytes of a label and `]`. Several readings can hold
 at once (a text with its own `[` or `|`), which the byte grammar's state sets handle (`byte_grammar`). Stop
-tokens are allowed exactly when the whole text has been copied outside a mention.
+tokens are allowed exactly when the whole text has been copied outside a mention. Drafts guess the rest of
+the text (and the rest of a label once one label is left): most of a reply is copied.
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ class CopyInlineConstraint(ByteGrammarConstraint):
                 if len(label) > len(prefix) and label.startswith(prefix):
                     moves.setdefault(label[len(prefix)], []).append(("label", j, label[: len(prefix) + 1]))
         return moves  # type: ignore[return-value]
+
+    def _continuation(self, states: frozenset[State]) -> bytes | None:
+        """Copying (in or out of a mention): the rest of the text; in a label that only one label completes:
+        the rest of it, `]`, then the rest of the text."""
+        if len(states) != 1:
+            return None
+        (state,) = states
+        if state[0] != "label":
+            return self.text[state[1]:]
+        matches = [label for label in self.labels if label.startswith(state[2])]
+        if len(matches) != 1:
+            return None
+        return matches[0][len(state[2]):] + b"]" + self.text[state[1]:]
 
     def complete(self, states: frozenset[State]) -> bool:
         return ("copy", len(self.text)) in states

@@ -34,5 +34,11 @@ class CopySpanConstraint(ByteGrammarConstraint):
             return self._first
         return {self.text[state]: [state + 1]} if state < len(self.text) else {}
 
+    def _continuation(self, states: frozenset) -> bytes | None:
+        """Inside the span: the rest of the context (where the span ends, the model decides)."""
+        if len(states) != 1 or START in states:
+            return None
+        return self.text[next(iter(states)):]
+
     def complete(self, states: frozenset) -> bool:
         return any(j != START and self.edge[j] and self.text[j - 1] not in SPACE for j in states)

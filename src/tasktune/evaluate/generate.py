@@ -67,6 +67,7 @@ def generate_texts(
     constraint: dict[str, Any] | list[dict[str, Any] | None] | None = None,
     progress: bool = True,
     draft_tokens: int = 0,
+    copy_drafts: int = 0,
 ) -> GenerationResult:
     """Greedy replies to `conversations` (message dicts ending on a user turn), with continuous batching
     (model/decode.py): at most `batch_size` rows at once, a finished row replaced at once by the next one,
@@ -74,7 +75,7 @@ def generate_texts(
 
     constraint: a task's `output_constraint` spec (choice, json_schema, copy_inline), or a list with one spec
     (or None: free text) per conversation, or None for free text. draft_tokens: prompt lookup guesses per
-    row and pass (model/lookup.py), same replies.
+    row and pass (model/lookup.py); copy_drafts: guesses from the text a copy constraint copies; same replies.
     """
     started = time.perf_counter()
     if not conversations:
@@ -87,7 +88,7 @@ def generate_texts(
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     requests = [Request(encoded[i], max_new_tokens, constraint=constraints[i]) for i in order]
     decoder = Decoder(model, stop_ids, pad_id, max_batch=batch_size, prefix_ids=common_prefix(encoded),
-                      draft_tokens=draft_tokens)
+                      draft_tokens=draft_tokens, copy_drafts=copy_drafts)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(encoded), desc="generate", unit="ex", disable=not progress, leave=False)

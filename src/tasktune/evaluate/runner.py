@@ -213,7 +213,8 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
         texts, seconds, tokens, truncated = [spec.labels[k] for k in result.choices], result.seconds, 0, 0
     else:
         constraint = _constraint(cfg, spec, rows) if generator is None else None
-        generate = generator or partial(generate_texts, draft_tokens=cfg.eval.draft_tokens)
+        generate = generator or partial(generate_texts, draft_tokens=cfg.eval.draft_tokens,
+                                        copy_drafts=cfg.eval.copy_drafts)
         if split_across_ranks:
             generate = partial(split_generate, generate)
         generated = generate(model, tokenizer, prompts, budget, cfg.eval.batch_size, constraint, progress)

@@ -37,6 +37,11 @@ costs little more than one token per row (bf16 matmuls here: 4x the rows from 16
 from 64 to 256 3.4x), so guesses fill the batch as it drains instead of widening a full one (measured on
 `bench/eval_speed.py`: 4 guesses on a 64-row batch made the demo evaluation slower, 8.0 s against 6.7 s)."""
 
+COPY_DRAFT_POSITIONS = 96
+"""Token positions a pass of copy-constrained rows may hold in the tail of an evaluation: as the batch drains,
+its rows guess more than `copy_drafts` tokens each (up to 32), since a pass of a few rows costs about the
+same whatever its width and most of its guesses hold."""
+
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2", "smollm3"})
 """Model types whose logits are exactly `lm_head(hidden)`: the decoder may score a constrained row's allowed
 tokens only (rows of the output embedding) instead of the whole vocabulary."""
@@ -59,13 +64,16 @@ class Decoder:
     """Continuous batching over `model`; feed it with `add`, drive it with `step` (or `run`)."""
 
     def __init__(self, model: torch.nn.Module, stop_ids: Sequence[int], pad_id: int, max_batch: int = 16,
-                 prefix_ids: Sequence[int] = (), draft_tokens: int = 0):
+                 prefix_ids: Sequence[int] = (), draft_tokens: int = 0, copy_drafts: int = 0):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
         self.max_batch = max(1, max_batch)
         self._compact_after = max(1, self.max_batch // 8)
         """Finished rows that make room for waiting requests (`_drop_finished`): 8 of a 64-row batch, 1 of <= 15."""
         self.draft_tokens = max(0, draft_tokens)
         """Tokens a greedy row may guess per step from its prompt (model/lookup.py); 0: one token a step."""
+        self.copy_drafts = max(0, copy_drafts)
+        """Tokens a greedy row whose constraint copies a text (`draft`: inline NER, QA spans) may guess per step
+        from that text; these guesses are mostly right, so they widen a full batch too."""
         self.device = next(model.parameters()).device
         self.head = model.get_output_embeddings()
         self.vocab_size = self.head.weight.shape[0]
@@ -241,7 +249,7 @@ class Decoder:
 
     def _decode_one(self) -> None:
         b = self.batch
-        drafts = self._drafts(b.rows) if self.draft_tokens else None
+        drafts = self._drafts(b.rows) if self.draft_tokens or self.copy_drafts else None
         if drafts is not None:
             self._decode_drafted(drafts)
             return
@@ -254,23 +262,31 @@ class Decoder:
         b.last = self._choose(logits, b.rows).to(self.device)
 
     def _drafts(self, rows: Sequence[Request]) -> list[list[int]] | None:
-        """Per row, the tokens guessed from its prompt after its last one (greedy rows only, within budget);
-        None (one token per row) unless at least half the rows have a guess (every row pays for the widest
-        one) and the pass stays within DRAFT_POSITIONS (a full batch decodes one token per row per pass)."""
-        guesses = min(self.draft_tokens, DRAFT_POSITIONS // max(1, len(rows)) - 1)
-        if guesses < 1:
-            return None
-        drafts: list[list[int]] = []
-        for r in rows:
-            room = min(guesses, r.max_new_tokens - len(r.generated) - 1)
-            if r.temperature > 0 or room < 1 or r.done:
-                drafts.append([])
-                continue
-            if r._lookup is None:
-                r._lookup = PromptLookup(r.prompt_ids)
-            drafts.append(r._lookup.propose(r.generated, room))
+        """Per row, the tokens guessed after its last one (greedy rows only, within budget), or None (one token
+        per row). A row whose constraint copies a text guesses up to `copy_drafts` tokens of it; the others
+        guess from their prompt (`draft_tokens`), and those guesses count only where at least half the rows
+        have one (every row attends over the widest) and the pass stays within DRAFT_POSITIONS."""
+        lookup = min(self.draft_tokens, DRAFT_POSITIONS // max(1, len(rows)) - 1)
         live = sum(not r.done for r in rows)
-        return drafts if 2 * sum(1 for d in drafts if d) >= live else None
+        copy = max(self.copy_drafts, min(32, COPY_DRAFT_POSITIONS // max(1, live) - 1)) if self.copy_drafts else 0
+        copied: list[list[int]] = []
+        looked: list[list[int]] = []
+        for r in rows:
+            room = r.max_new_tokens - len(r.generated) - 1
+            copies = copy > 0 and callable(getattr(r.constraint, "draft", None))
+            greedy = r.temperature == 0 and room > 0 and not r.done
+            copied.append(r.constraint.draft(tuple(r.generated), min(copy, room))
+                          if greedy and copies else [])
+            if greedy and not copies and lookup > 0:
+                if r._lookup is None:
+                    r._lookup = PromptLookup(r.prompt_ids)
+                looked.append(r._lookup.propose(r.generated, min(lookup, room)))
+            else:
+                looked.append([])
+        if 2 * sum(1 for d in looked if d) < live:
+            looked = [[] for _ in rows]
+        drafts = [c or guess for c, guess in zip(copied, looked, strict=True)]
+        return drafts if any(drafts) else None
 
     def _decode_drafted(self, drafts: list[list[int]]) -> None:
         """One forward pass over each row's last token and its draft; each row keeps the draft tokens its own

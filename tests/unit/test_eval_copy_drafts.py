@@ -1,0 +1,82 @@
+"""Drafts from copy constraints (evaluate/byte_grammar.py): a row that copies a text guesses the rest of it,
+the decoder verifies the guesses in one pass (model/decode.py), and no reply changes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tasktune.evaluate.byte_grammar import DRAFT_BYTES
+from tasktune.evaluate.copy_inline import CopyInlineConstraint
+from tasktune.evaluate.copy_span import CopySpanConstraint
+from tasktune.evaluate.generate import generate_texts
+from tasktune.model.decode import Decoder
+
+LABELS = ["PER", "LOC", "ORG"]
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_inline_ner_guesses_the_rest_of_the_sentence_and_of_a_label_once_one_is_left(smol_tokenizer):
+    text = "Maria Lopez flew to Madrid."
+    constraint = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2])
+    assert constraint.draft((), 3) == ids(smol_tokenizer, text)[:3]
+    opened = tuple(ids(smol_tokenizer, "[Maria Lopez"))  # inside a mention, the text goes on
+    assert constraint.draft(opened, 4) == ids(smol_tokenizer, " flew to Madrid.")[:4]
+    bar = opened + tuple(ids(smol_tokenizer, "|"))
+    assert constraint.draft(bar, 4) == []  # three labels may follow: no guess
+    one_left = bar + tuple(ids(smol_tokenizer, "P"))
+    assert constraint.states_after(one_left)  # "P" is a label's start
+    assert constraint.draft(one_left, 5) == ids(smol_tokenizer, "ER] flew to Madrid.")[:5]
+    closed = tuple(ids(smol_tokenizer, "[Maria Lopez|PER] flew to"))
+    assert constraint.draft(closed, 2) == ids(smol_tokenizer, " Madrid.")[:2]
+    assert constraint.draft(closed, 0) == []
+    everything = tuple(ids(smol_tokenizer, text))
+    assert constraint.draft(everything, 4) == []  # nothing left to copy
+
+
+def test_no_guess_inside_a_character_and_a_long_text_is_tokenized_in_a_window(smol_tokenizer):
+    constraint = CopyInlineConstraint(smol_tokenizer, "李雷到了北京", LABELS, [2])
+    half = [t for t in range(len(smol_tokenizer)) if constraint.table.by_id.get(t) == "李".encode()[:1]]
+    assert half and constraint.states_after((half[0],)) and constraint.draft((half[0],), 4) == []
+    long = " ".join(["word"] * 100)
+    assert len(long) > DRAFT_BYTES
+    window = CopyInlineConstraint(smol_tokenizer, long, LABELS, [2]).draft((), 32)
+    # the window's last token may be a word cut in two: it is dropped
+    assert window == ids(smol_tokenizer, long)[:len(window)] and 0 < len(window) < len(ids(smol_tokenizer, long))
+
+
+def test_a_qa_span_guesses_the_rest_of_its_context_once_it_started(smol_tokenizer):
+    context = "The tower was built in 1889 by Gustave Eiffel."
+    constraint = CopySpanConstraint(smol_tokenizer, context, [2])
+    assert constraint.draft((), 4) == []  # where the span starts, the model decides
+    started = tuple(ids(smol_tokenizer, "Gustave"))
+    assert constraint.draft(started, 3) == ids(smol_tokenizer, " Eiffel.")[:3]
+
+
+@pytest.mark.parametrize("kind", ["copy_inline", "copy_span"])
+def test_copy_drafts_change_no_reply_and_take_fewer_passes(noisy_llama, monkeypatch, kind):
+    model, tokenizer = noisy_llama
+    decoders: list[Decoder] = []
+    run = Decoder.run
+
+    def spy(self, requests, progress=None):
+        run(self, requests, progress)
+        decoders.append(self)
+
+    monkeypatch.setattr(Decoder, "run", spy)
+    rng = random.Random(1)
+    words = ["Maria", "Lopez", "flew", "to", "Madrid", "with", "Acme", "Corp", "on", "Monday", "the", "team"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(7)]
+    conversations = [[{"role": "user", "content": f"Copy: {t}"}] for t in texts]
+    extra = {"labels": LABELS} if kind == "copy_inline" else {}
+    constraint = [{"type": kind, "text": t, **extra} for t in texts]
+    plain = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, copy_drafts=0)
+    guessed = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, copy_drafts=4)
+    assert guessed.texts == plain.texts and guessed.truncated == plain.truncated
+    without, with_drafts = decoders
+    assert without.drafted == 0 and with_drafts.accepted > 0
+    assert with_drafts.forward_passes < without.forward_passes

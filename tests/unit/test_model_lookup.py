@@ -73,7 +73,7 @@ def test_drafted_decoding_gives_the_same_replies_in_fewer_passes(tiny, max_batch
 
 def test_guesses_under_a_copy_constraint_change_no_reply(noisy_llama, monkeypatch):
     """Through the evaluation path (generate_texts), constrained rows, partly wrong guesses: same replies."""
-    import tasktune.model.decode as decode
+    import tasktune.model.lookup as lookup
     from tasktune.evaluate.generate import generate_texts
 
     model, tokenizer = noisy_llama
@@ -93,7 +93,7 @@ def test_guesses_under_a_copy_constraint_change_no_reply(noisy_llama, monkeypatc
     plain = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, draft_tokens=0)
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
     truths = {tuple(r.prompt_ids): r.generated + [stop] for r in decoders[0][1]}
-    monkeypatch.setattr(decode, "PromptLookup", lambda prompt: _Oracle(truths[tuple(prompt)], spoil=3))
+    monkeypatch.setattr(lookup, "PromptLookup", lambda prompt: _Oracle(truths[tuple(prompt)], spoil=3))
     guessed = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, draft_tokens=4)
     assert guessed.texts == plain.texts and guessed.truncated == plain.truncated
     decoder = decoders[1][0]
@@ -105,7 +105,7 @@ def test_guesses_under_a_copy_constraint_change_no_reply(noisy_llama, monkeypatc
 
 def test_a_full_batch_guesses_only_once_it_has_drained(tiny):
     """64 token positions per pass: 40 rows take no guesses; as they finish, the rest do (same replies)."""
-    from tasktune.model.decode import DRAFT_POSITIONS
+    from tasktune.model.lookup import DRAFT_POSITIONS
 
     torch.manual_seed(7)
     prompts = [torch.randint(10, 900, (4,)).tolist() for _ in range(40)]

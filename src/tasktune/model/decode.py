@@ -28,19 +28,8 @@ import torch
 from tasktune.model.attention import cpu_attention
 from tasktune.model.kv_cache import cache_tensors, fill_order, join_rows, left_pad_mask, make_cache, select_rows
 from tasktune.model.lean import lean_forward
-from tasktune.model.lookup import PromptLookup
+from tasktune.model.lookup import row_drafts
 from tasktune.model.request import BASE_ADAPTER, Request
-
-DRAFT_POSITIONS = 64
-"""Token positions (rows x (1 + guesses)) a pass with guesses may hold. Up to about this many a CPU forward pass
-costs little more than one token per row (bf16 matmuls here: 4x the rows from 16 to 64 take 1.9x the time,
-from 64 to 256 3.4x), so guesses fill the batch as it drains instead of widening a full one (measured on
-`bench/eval_speed.py`: 4 guesses on a 64-row batch made the demo evaluation slower, 8.0 s against 6.7 s)."""
-
-COPY_DRAFT_POSITIONS = 96
-"""Token positions a pass of copy-constrained rows may hold in the tail of an evaluation: as the batch drains,
-its rows guess more than `copy_drafts` tokens each (up to 32), since a pass of a few rows costs about the
-same whatever its width and most of its guesses hold."""
 
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2", "smollm3"})
 """Model types whose logits are exactly `lm_head(hidden)`: the decoder may score a constrained row's allowed
@@ -249,7 +238,7 @@ class Decoder:
 
     def _decode_one(self) -> None:
         b = self.batch
-        drafts = self._drafts(b.rows) if self.draft_tokens or self.copy_drafts else None
+        drafts = self._drafts(b.rows)
         if drafts is not None:
             self._decode_drafted(drafts)
             return
@@ -262,31 +251,8 @@ class Decoder:
         b.last = self._choose(logits, b.rows).to(self.device)
 
     def _drafts(self, rows: Sequence[Request]) -> list[list[int]] | None:
-        """Per row, the tokens guessed after its last one (greedy rows only, within budget), or None (one token
-        per row). A row whose constraint copies a text guesses up to `copy_drafts` tokens of it; the others
-        guess from their prompt (`draft_tokens`), and those guesses count only where at least half the rows
-        have one (every row attends over the widest) and the pass stays within DRAFT_POSITIONS."""
-        lookup = min(self.draft_tokens, DRAFT_POSITIONS // max(1, len(rows)) - 1)
-        live = sum(not r.done for r in rows)
-        copy = max(self.copy_drafts, min(32, COPY_DRAFT_POSITIONS // max(1, live) - 1)) if self.copy_drafts else 0
-        copied: list[list[int]] = []
-        looked: list[list[int]] = []
-        for r in rows:
-            room = r.max_new_tokens - len(r.generated) - 1
-            copies = copy > 0 and callable(getattr(r.constraint, "draft", None))
-            greedy = r.temperature == 0 and room > 0 and not r.done
-            copied.append(r.constraint.draft(tuple(r.generated), min(copy, room))
-                          if greedy and copies else [])
-            if greedy and not copies and lookup > 0:
-                if r._lookup is None:
-                    r._lookup = PromptLookup(r.prompt_ids)
-                looked.append(r._lookup.propose(r.generated, min(lookup, room)))
-            else:
-                looked.append([])
-        if 2 * sum(1 for d in looked if d) < live:
-            looked = [[] for _ in rows]
-        drafts = [c or guess for c, guess in zip(copied, looked, strict=True)]
-        return drafts if any(drafts) else None
+        """Per row, the tokens guessed after its last one, or None (one token per row): model/lookup.py."""
+        return row_drafts(rows, self.draft_tokens, self.copy_drafts)
 
     def _decode_drafted(self, drafts: list[list[int]]) -> None:
         """One forward pass over each row's last token and its draft; each row keeps the draft tokens its own

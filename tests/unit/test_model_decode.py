@@ -50,6 +50,37 @@ def test_decoder_equals_generate(tiny, max_batch, use_prefix):
         assert decoder.forward_passes <= 1 + max(limits) + 1
 
 
+def test_prompts_without_the_prefix_prefill_whole_beside_those_that_share_it(tiny):
+    """One admission of rows with and without the decoder's prefix: the rows that start with it prefill only
+    the rest of their prompt (the prefix's cache is computed once), the others their whole prompt, in a pass of
+    their own; the replies are transformers' own."""
+    prompts = _prompts()
+    prefix = common_prefix(prompts)
+    torch.manual_seed(8)
+    others = [torch.randint(10, 900, (n,)).tolist() for n in (4, 9)]
+    assert all(o[:len(prefix)] != prefix for o in others)
+    rows = prompts[:3] + others + prompts[3:]
+    limits = [4, 9, 6, 3, 7, 12, 3, 8, 5]
+    expected = [_reference(tiny, p, n, 5) for p, n in zip(rows, limits, strict=True)]
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=16, prefix_ids=prefix)
+    computed: list[int] = []  # real new tokens of each forward pass
+    forward = decoder._forward
+
+    def counting(input_ids, mask, *args, **kwargs):
+        computed.append(int(mask[:, -input_ids.shape[1]:].sum()))
+        return forward(input_ids, mask, *args, **kwargs)
+
+    decoder._forward = counting
+    requests = [Request(p, n) for p, n in zip(rows, limits, strict=True)]
+    for r in requests:
+        decoder.add(r)
+    decoder.step()  # the admission: the prefix, then one prefill per group
+    suffixes = sum(len(p) - len(prefix) for p in prompts)
+    assert sorted(computed) == sorted([len(prefix), suffixes, sum(map(len, others))])
+    decoder.run([])
+    assert [r.generated for r in requests] == expected
+
+
 def test_finished_rows_ride_along_until_enough_make_room(tiny):
     """With 16 rows at most, two finished rows make room together (one copy of the cache, one prefill for the
     waiting rows that join); a row that finished meanwhile is reported at once and its tokens are not touched."""

@@ -172,6 +172,35 @@ def test_a_prefill_leaves_the_spare_columns_to_the_decode_steps(tiny_llama_dir):
     assert decoder.batch is None or decoder.batch.cache.layers[0].buf_k.data_ptr() == buffer
 
 
+def test_the_output_embedding_is_prepacked_for_logits_over_the_whole_vocabulary(tiny_llama_dir):
+    """bf16: the decoder's unconstrained logits come from the lean forward's prepacked copy of the output
+    embedding, the plain matmul's numbers; fp32 models keep the plain matmul (no copy)."""
+    assert LeanForward(_model("plain", torch.float32, tiny_llama_dir, None)).head is None
+    if not _packable(torch.bfloat16):
+        pytest.skip("no oneDNN bf16 here")
+    model = _model("plain", torch.bfloat16, tiny_llama_dir, None)
+    assert prepare_lean(model)
+    lean = lean_forward(model)
+    torch.manual_seed(9)
+    hidden = torch.randn(3, model.config.hidden_size, dtype=torch.bfloat16)
+    assert torch.equal(lean.logits(hidden), torch.nn.functional.linear(hidden, model.lm_head.weight))
+    prompts = [torch.randint(10, 900, (n,)).tolist() for n in (3, 7, 5)]
+    replies, calls = [], []
+    for head in (lean.head, None):
+        lean.head = head
+        decoder = Decoder(model, [5], pad_id=0, max_batch=3)
+        seen: list[int] = []
+        logits = decoder._lean.logits
+        decoder._lean.logits = lambda h, logits=logits, seen=seen: seen.append(1) or logits(h)
+        requests = [Request(p, 6) for p in prompts]
+        decoder.run(requests)
+        del decoder._lean.logits
+        replies.append([r.generated for r in requests])
+        calls.append(len(seen))
+    assert calls[0] > 0 and calls[1] == 0  # used with the copy, not without
+    assert replies[0] == replies[1] and any(replies[0])
+
+
 def test_it_is_not_used_once_the_weights_change(tiny_llama_dir):
     model = _model("plain", torch.float32, tiny_llama_dir, None)
     assert prepare_lean(model)

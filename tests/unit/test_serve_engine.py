@@ -97,6 +97,24 @@ def test_adapters_decode_through_the_lean_forward_with_the_replies_of_tasktune_e
         assert engine.chat(HELLO, name, max_new_tokens=10).text == expected, name
 
 
+def test_chats_share_the_templates_opening_and_other_system_prompts_still_work(engine):
+    """The decoder encodes the template's default opening once; a chat with its own system message does not
+    start with it and prefills whole. Both reply as a decoder without any prefix does."""
+    from tasktune.model.decode import Decoder, Request
+
+    prefix = engine.prefix_ids
+    assert len(prefix) > 3 and engine._decoder.prefix_ids == prefix
+    custom = [{"role": "system", "content": "You answer in French."}, *HELLO]
+    assert engine.render_chat(HELLO)[:len(prefix)] == prefix and engine.render_chat(custom)[:len(prefix)] != prefix
+    for messages in (HELLO, custom):
+        ids = engine.render_chat(messages, "a")
+        plain = Decoder(engine.model, sorted(engine.stop_ids), engine.pad_id)
+        request = Request(ids, 10, adapter="adapter0")
+        plain.run([request])
+        expected = engine.tokenizers["a"].decode(request.generated, skip_special_tokens=True)
+        assert engine.chat(messages, "a", max_new_tokens=10).text == expected
+
+
 def test_stream_reassembles_to_the_whole_reply_and_counts_tokens(engine):
     result = engine.chat(HELLO, "a", max_new_tokens=8)
     pieces = list(engine.stream_chat(HELLO, "a", max_new_tokens=8))

@@ -2,8 +2,9 @@
 
 A `Decoder` holds the running rows' KV cache as one batch. Each `step()` first admits waiting requests (up to
 `max_batch` rows): their prompts are encoded together on top of a shared prefix whose cache was computed
-once (the system prompt and task instruction that every example of a task starts with), and their first
-token is chosen; then every running row gets one more token from a single forward pass. A row leaves as
+once (the system prompt and task instruction that every example of a task starts with; the chat template's
+default opening for the API; a prompt that does not start with it prefills whole, in a pass of its own), and
+their first token is chosen; then every running row gets one more token from a single forward pass. A row leaves as
 soon as it ends (end-of-turn token, its own token limit, a callback saying stop, or a constraint that allows
 nothing but the end), and a waiting request takes its place at the next step; nobody waits for the longest
 row of a batch.
@@ -165,6 +166,8 @@ class Decoder:
         """fp32 logits of `_forward`'s output rows, over the token ids `ids` (all when None)."""
         if not self._own_head:
             return (out if ids is None else out[:, ids]).float()
+        if ids is None and self._lean is not None and self._lean.head is not None and out.dtype == torch.bfloat16:
+            return self._lean.logits(out).float()
         weight, bias = self.head.weight, self.head.bias
         if ids is not None:
             index = torch.tensor(ids, device=weight.device)
@@ -198,16 +201,16 @@ class Decoder:
 
     def _admit(self, requests: list[Request]) -> None:
         """Encode the new prompts (after the shared prefix) in one pass, choose their first tokens, join."""
-        groups: dict[str | None, list[Request]] = {}
-        for r in requests:
-            groups.setdefault(r.adapter, []).append(r)
-        for adapter, rows in groups.items():
-            self._join(self._prefill(rows, adapter))
-
-    def _prefill(self, rows: list[Request], adapter: str | None) -> _Batch:
         p = len(self.prefix_ids)
-        use_prefix = p > 0 and all(r.prompt_ids[:p] == self.prefix_ids and len(r.prompt_ids) > p for r in rows)
-        start = p if use_prefix else 0
+        groups: dict[tuple[str | None, bool], list[Request]] = {}
+        for r in requests:  # one pass per adapter, apart for the prompts that do not start with the prefix
+            prefixed = p > 0 and len(r.prompt_ids) > p and r.prompt_ids[:p] == self.prefix_ids
+            groups.setdefault((r.adapter, prefixed), []).append(r)
+        for (adapter, prefixed), rows in groups.items():
+            self._join(self._prefill(rows, adapter, prefixed))
+
+    def _prefill(self, rows: list[Request], adapter: str | None, use_prefix: bool) -> _Batch:
+        start = len(self.prefix_ids) if use_prefix else 0
         suffixes = [r.prompt_ids[start:] for r in rows]
         width = max(len(s) for s in suffixes)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)

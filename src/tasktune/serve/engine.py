@@ -19,7 +19,7 @@ import torch
 
 from tasktune.config.schema import ModelConfig
 from tasktune.model.adapters import check_adapter_base
-from tasktune.model.decode import BASE_ADAPTER, Decoder, Request
+from tasktune.model.decode import BASE_ADAPTER, Decoder, Request, common_prefix
 from tasktune.model.generate import stop_token_ids
 from tasktune.model.lean import prepare_lean
 from tasktune.model.load import load_model, load_tokenizer, resolve_model_dir
@@ -83,10 +83,25 @@ class Engine(EngineFront):
         self.pad_id = self.tokenizers[model].pad_token_id
         config = getattr(self.model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
-        self._decoder = Decoder(self.model, sorted(self.stop_ids), self.pad_id, max_batch=max_batch)
+        self.prefix_ids = self._chat_prefix()
+        self._decoder = self._new_decoder()
         self._rows: dict[Request, Row] = {}
         self._worker = threading.Thread(target=self._work, name="tasktune-engine", daemon=True)
         self._worker.start()
+
+    def _chat_prefix(self) -> list[int]:
+        """The tokens every chat starts with when the base model's template renders it without a system message
+        of its own (its default system prompt, the user turn's opening): the decoder encodes them once and
+        prefills only the rest of each such prompt (SmolLM2: 24 of a short question's ~36 tokens)."""
+        try:
+            chats = [self.render_chat([{"role": "user", "content": text}]) for text in ("Hi.", "What is 2 + 2?")]
+        except EngineError:
+            return []
+        return common_prefix(chats)
+
+    def _new_decoder(self) -> Decoder:
+        return Decoder(self.model, sorted(self.stop_ids), self.pad_id, max_batch=self.max_batch,
+                       prefix_ids=self.prefix_ids)
 
     def _load_adapter(self, name: str, path: str, peft_name: str, base_cfg: ModelConfig) -> None:
         from peft import PeftModel
@@ -152,7 +167,7 @@ class Engine(EngineFront):
             self._job_done(row.job)
 
     def _fail_all(self, err: Exception) -> None:
-        self._decoder = Decoder(self.model, sorted(self.stop_ids), self.pad_id, max_batch=self.max_batch)
+        self._decoder = self._new_decoder()
         rows, self._rows = self._rows, {}
         with self._cond:
             self._running = []

@@ -1,7 +1,8 @@
 """Serving load: N concurrent OpenAI clients against `tasktune api` with the real SmolLM2.
 
 Starts the server as a subprocess on a free loopback port, warms it up, then for each concurrency level
-sends a fixed number of short greedy chat requests (max_tokens 32) and prints requests/s, generated
+sends a fixed number of short greedy chat requests (max_tokens 32; each question numbered, so that none starts
+from another's cache, as distinct traffic would not; bench/chat_turns.py measures the reuse) and prints requests/s, generated
 tokens/s, p50/p95 latency, failures and the server's batching, with throughput ratios against the
 1-client level of the same run. Every level has a time budget; the whole run stays under 3 minutes.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -27,6 +29,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+SERIAL = itertools.count(1)
+"""Numbers every request of the run, levels and warm-up included (see `run_level`)."""
 PROMPTS = [
     "Name three primary colours.",
     "What is the capital of France?",
@@ -115,7 +119,9 @@ async def run_level(url: str, models: list[str], clients: int, requests: int, ma
     async def one_client() -> None:
         nonlocal tokens, failed, issued
         while issued < requests and time.perf_counter() - start < budget_s:
-            prompt, model = PROMPTS[issued % len(PROMPTS)], models[issued % len(models)]
+            # distinct from the first token on: no request starts from another's cache (--prefix-cache-mb)
+            prompt = f"Request {next(SERIAL)}: {PROMPTS[issued % len(PROMPTS)]}"
+            model = models[issued % len(models)]
             issued += 1
             began = time.perf_counter()
             try:

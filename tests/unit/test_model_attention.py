@@ -84,7 +84,8 @@ def test_a_bidirectional_layer_without_a_mask_attends_everywhere(columns):
 
 
 def test_prompts_longer_than_the_short_query_path_decode_as_generate_does(tiny):
-    from tasktune.model.decode import Decoder, Request, common_prefix
+    from tasktune.model.decode import Decoder, Request
+    from tasktune.model.prefix_store import common_prefix
 
     tiny.eval()
     torch.manual_seed(3)

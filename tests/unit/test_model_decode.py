@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasktune.model.decode import Decoder, Request, common_prefix
+from tasktune.model.decode import Decoder, Request
+from tasktune.model.prefix_store import common_prefix
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,42 @@ def test_prompts_without_the_prefix_prefill_whole_beside_those_that_share_it(tin
     assert sorted(computed) == sorted([len(prefix), suffixes, sum(map(len, others))])
     decoder.run([])
     assert [r.generated for r in requests] == expected
+
+
+def test_a_next_turn_prefills_only_what_follows_a_finished_rows_prompt_and_reply(tiny):
+    """With a byte budget, finished rows keep their cache: prompts that continue them (a conversation's next
+    turn) prefill only their new tokens, several such rows in one pass whatever prefix each starts from (one
+    row shares only part of a reply); the replies are transformers' own."""
+    torch.manual_seed(11)
+    first = [torch.randint(10, 900, (n,)).tolist() for n in (12, 9)]
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=4, keep_bytes=1 << 22)
+    turns = [Request(p, 6) for p in first]
+    decoder.run(turns)
+    cached = [r.prompt_ids + r.generated for r in turns]
+    assert all(len(r.generated) == 6 for r in turns)
+    nexts = [cached[0] + [17, 18, 19], cached[1][:-2] + [21, 22], cached[1] + [23]]
+    computed: list[int] = []
+    forward = decoder._forward
+
+    def counting(input_ids, mask, *args, **kwargs):
+        computed.append(int(mask[:, -input_ids.shape[1]:].sum()))
+        return forward(input_ids, mask, *args, **kwargs)
+
+    decoder._forward = counting
+    requests = [Request(p, 7) for p in nexts]
+    for r in requests:
+        decoder.add(r)
+    decoder.step()  # the admission: one prefill of the new tokens (the last generated token was never run)
+    assert computed == [4 + 2 + 2]
+    assert decoder.store.hits == 3 and decoder.store.reused == sum(map(len, nexts)) - 8
+    decoder.run([])
+    assert [r.generated for r in requests] == [_reference(tiny, p, 7, 5) for p in nexts]
+
+
+def test_without_a_budget_finished_rows_are_not_kept(tiny):
+    decoder = Decoder(tiny, [5], pad_id=0, max_batch=2, prefix_ids=[1, 2, 3])
+    decoder.run([Request([1, 2, 3, 40, 41], 4), Request([50, 51, 52], 4)])
+    assert [e.pinned for e in decoder.store.entries] == [True] and decoder.store.hits == 0
 
 
 def test_finished_rows_ride_along_until_enough_make_room(tiny):

@@ -9,11 +9,12 @@ import torch
 
 from tasktune.config.schema import ModelConfig
 from tasktune.model.attention import cpu_attention
-from tasktune.model.decode import Decoder, Request, common_prefix
+from tasktune.model.decode import Decoder, Request
 from tasktune.model.fold import LowRankDelta, fold_adapter
 from tasktune.model.kv_cache import SPARE_COLUMNS, make_cache
 from tasktune.model.lean import LeanForward, _packable, lean_forward, lean_support, prepare_lean
 from tasktune.model.load import load_model
+from tasktune.model.prefix_store import common_prefix
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 

@@ -11,11 +11,12 @@ from conftest import make_tiny_adapter
 
 from tasktune.config.schema import ModelConfig
 from tasktune.model.attention import cpu_attention
-from tasktune.model.decode import BASE_ADAPTER, Decoder, Request, common_prefix
+from tasktune.model.decode import BASE_ADAPTER, Decoder, Request
 from tasktune.model.fold import fold_adapter
 from tasktune.model.kv_cache import make_cache
 from tasktune.model.lean import LeanForward, lean_forward, lean_support, prepare_lean
 from tasktune.model.load import load_model
+from tasktune.model.prefix_store import common_prefix
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 

@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from tasktune.model.decode import Decoder, Request, common_prefix
+from tasktune.model.decode import Decoder, Request
 from tasktune.model.lookup import PromptLookup
+from tasktune.model.prefix_store import common_prefix
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,26 @@ def test_chats_share_the_templates_opening_and_other_system_prompts_still_work(e
         assert engine.chat(messages, "a", max_new_tokens=10).text == expected
 
 
+def test_a_conversations_next_turn_starts_from_the_previous_turns_cache(engine):
+    """The second turn of a chat (history + reply + new message) prefills only what follows the first turn's
+    cached prompt and reply, and replies as a decoder without any cache does."""
+    from tasktune.model.decode import Decoder, Request
+
+    store = engine._decoder.store
+    assert store.budget > 0
+    history = [{"role": "user", "content": "Name a colour."}]
+    first = engine.chat(history, "a", max_new_tokens=8)
+    history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And another one?"}]
+    hits, reused = store.hits, store.reused
+    second = engine.chat(history, "a", max_new_tokens=8)
+    ids = engine.render_chat(history, "a")
+    assert store.hits == hits + 1 and store.reused - reused > len(engine.render_chat(history[:1], "a"))
+    plain = Decoder(engine.model, sorted(engine.stop_ids), engine.pad_id)
+    request = Request(ids, 8, adapter="adapter0")
+    plain.run([request])
+    assert second.text == engine.tokenizers["a"].decode(request.generated, skip_special_tokens=True)
+
+
 def test_stream_reassembles_to_the_whole_reply_and_counts_tokens(engine):
     result = engine.chat(HELLO, "a", max_new_tokens=8)
     pieces = list(engine.stream_chat(HELLO, "a", max_new_tokens=8))

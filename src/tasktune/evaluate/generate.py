@@ -10,8 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from tasktune.evaluate.constrain import RowConstraints, SuffixConstraint, build_constraint
-from tasktune.model.decode import Decoder, Request, common_prefix
+from tasktune.model.decode import Decoder, Request
 from tasktune.model.generate import stop_token_ids
+from tasktune.model.prefix_store import common_prefix
 
 
 @dataclass

@@ -30,7 +30,9 @@ from tasktune.model.attention import cpu_attention
 from tasktune.model.kv_cache import cache_tensors, fill_order, join_rows, left_pad_mask, make_cache, select_rows
 from tasktune.model.lean import lean_forward
 from tasktune.model.lookup import row_drafts
+from tasktune.model.prefix_store import CachedPrefix, PrefixStore, prefix_tensors
 from tasktune.model.request import BASE_ADAPTER, Request
+from tasktune.model.sampling import only_stops, pick_tokens
 
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2", "smollm3"})
 """Model types whose logits are exactly `lm_head(hidden)`: the decoder may score a constrained row's allowed
@@ -54,7 +56,8 @@ class Decoder:
     """Continuous batching over `model`; feed it with `add`, drive it with `step` (or `run`)."""
 
     def __init__(self, model: torch.nn.Module, stop_ids: Sequence[int], pad_id: int, max_batch: int = 16,
-                 prefix_ids: Sequence[int] = (), draft_tokens: int = 0, copy_drafts: int = 0):
+                 prefix_ids: Sequence[int] = (), draft_tokens: int = 0, copy_drafts: int = 0,
+                 keep_bytes: int = 0):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
         self.max_batch = max(1, max_batch)
         self._compact_after = max(1, self.max_batch // 8)
@@ -77,7 +80,8 @@ class Decoder:
         self._ended: list[Request] = []  # cancelled while waiting: reported by the next step
         self.batch: _Batch | None = None
         self.prefix_ids = list(prefix_ids)
-        self._prefix_cache: dict[str | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self.store = PrefixStore(keep_bytes)
+        """Cached prefixes: the shared one per adapter, and finished rows within `keep_bytes` (chat, API)."""
         self._peft = hasattr(model, "peft_config")
         self.forward_passes = 0
         self.drafted = self.accepted = 0  # draft tokens proposed / kept
@@ -187,46 +191,48 @@ class Decoder:
         active = getattr(self.model, "active_adapter", None)
         return [a or active or BASE_ADAPTER for a in adapters]
 
-    def _prefix(self, adapter: str | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The shared prefix's keys and values per layer (batch of one), computed once per adapter."""
-        if adapter not in self._prefix_cache:
+    def _pinned(self, adapter: str | None) -> CachedPrefix:
+        """The shared prefix's keys and values (batch of one), computed once per adapter."""
+        entry = self.store.pinned(adapter)
+        if entry is None:
             ids = torch.tensor([self.prefix_ids], device=self.device)
-            mask = torch.ones_like(ids)
             positions = torch.arange(len(self.prefix_ids), device=self.device)[None]
-            adapters = self._names([adapter])
             cache = make_cache([], [])
-            self._forward(ids, mask, positions, cache, adapters)
-            self._prefix_cache[adapter] = cache_tensors(cache)
-        return self._prefix_cache[adapter]
+            self._forward(ids, torch.ones_like(ids), positions, cache, self._names([adapter]))
+            entry = CachedPrefix(adapter, tuple(self.prefix_ids), *cache_tensors(cache), pinned=True)
+            self.store.add(entry)
+        return entry
+
+    def _match(self, r: Request) -> tuple[CachedPrefix | None, int]:
+        """The cached prefix `r`'s prompt starts from (model/prefix_store.py) and its length, or (None, 0)."""
+        p = len(self.prefix_ids)
+        if p and len(r.prompt_ids) > p and r.prompt_ids[:p] == self.prefix_ids:
+            self._pinned(r.adapter)
+        return self.store.match(r.adapter, r.prompt_ids)
 
     def _admit(self, requests: list[Request]) -> None:
-        """Encode the new prompts (after the shared prefix) in one pass, choose their first tokens, join."""
-        p = len(self.prefix_ids)
-        groups: dict[tuple[str | None, bool], list[Request]] = {}
-        for r in requests:  # one pass per adapter, apart for the prompts that do not start with the prefix
-            prefixed = p > 0 and len(r.prompt_ids) > p and r.prompt_ids[:p] == self.prefix_ids
-            groups.setdefault((r.adapter, prefixed), []).append(r)
-        for (adapter, prefixed), rows in groups.items():
-            self._join(self._prefill(rows, adapter, prefixed))
+        """Encode the new prompts (after their cached prefixes) in one pass, choose their first tokens, join."""
+        groups: dict[tuple[str | None, bool], list[tuple[Request, CachedPrefix | None, int]]] = {}
+        for r in requests:  # one pass per adapter, apart for the prompts that start from no cached prefix
+            entry, length = self._match(r)
+            groups.setdefault((r.adapter, entry is not None), []).append((r, entry, length))
+        for (adapter, _), rows in groups.items():
+            self._join(self._prefill(rows, adapter))
 
-    def _prefill(self, rows: list[Request], adapter: str | None, use_prefix: bool) -> _Batch:
-        start = len(self.prefix_ids) if use_prefix else 0
-        suffixes = [r.prompt_ids[start:] for r in rows]
+    def _prefill(self, matched: list[tuple[Request, CachedPrefix | None, int]], adapter: str | None) -> _Batch:
+        rows = [r for r, _, _ in matched]
+        start = max(length for _, _, length in matched)  # each row's prefix ends at this column
+        suffixes = [r.prompt_ids[length:] for r, _, length in matched]
         width = max(len(s) for s in suffixes)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), start + width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
-        mask[:, :start] = 1
-        for i, s in enumerate(suffixes):
+        for i, (s, (_, _, length)) in enumerate(zip(suffixes, matched, strict=True)):
             ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, start - length:start] = 1
             mask[i, start + width - len(s):] = 1
-            positions[i, width - len(s):] = torch.arange(start, start + len(s))
-        keys: list[torch.Tensor] = []
-        values: list[torch.Tensor] = []
-        if use_prefix:
-            pk, pv = self._prefix(adapter)
-            keys = [k.expand(len(rows), -1, -1, -1) for k in pk]
-            values = [v.expand(len(rows), -1, -1, -1) for v in pv]
+            positions[i, width - len(s):] = torch.arange(length, length + len(s))
+        keys, values = prefix_tensors([(entry, length) for _, entry, length in matched], start)
         adapters = self._names([adapter] * len(rows))
         mask = mask.to(self.device)
         cache = make_cache(keys, values, reserve=width)  # room for the prompts, then for decode steps
@@ -311,7 +317,7 @@ class Decoder:
                 for k, mask in masks:
                     allowed[k] = mask
                 logits = logits.masked_fill(~allowed, float("-inf"))
-            tokens[full] = self._pick(logits, [rows[i] for i in full], None)
+            tokens[full] = pick_tokens(logits, [rows[i] for i in full], None)
         if listed:
             ids = sorted({t for i in listed for t in rows[i]._allowed})  # sorted: ties go to the lowest id
             column = {t: c for c, t in enumerate(ids)}
@@ -319,19 +325,10 @@ class Decoder:
             for k, i in enumerate(listed):
                 allowed[k, [column[t] for t in rows[i]._allowed]] = True
             logits = self._logits(out[listed], ids).masked_fill(~allowed, float("-inf"))
-            tokens[listed] = self._pick(logits, [rows[i] for i in listed], torch.tensor(ids))
+            tokens[listed] = pick_tokens(logits, [rows[i] for i in listed], torch.tensor(ids))
         for r, token in zip(rows, tokens.tolist(), strict=True):
             self._feed(r, token)
         return tokens
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, rows: Sequence[Request], ids: torch.Tensor | None) -> torch.Tensor:
-        """Greedy or sampled column per row of `logits`, as token ids (`ids[column]` when given)."""
-        columns = logits.argmax(dim=-1)
-        for k, r in enumerate(rows):
-            if r.temperature > 0 and not r.done:
-                columns[k] = _sample(logits[k], r.temperature, r.top_p, r._generator)
-        return columns if ids is None else ids[columns]
 
     def _feed(self, r: Request, token: int) -> None:
         if r.done:
@@ -351,11 +348,24 @@ class Decoder:
             return
         if r.constraint is not None:
             r._allowed = r.constraint.row_allowed(tuple(r.generated), self.vocab_size)
-            if _only_stops(r._allowed, self.stop_ids):  # the output is complete: end it without another step
+            if only_stops(r._allowed, self.stop_ids):  # the output is complete: end it without another step
                 r.stop_token_seen = True
                 r.finish_reason = "stop"
 
     # ---- batch bookkeeping ----------------------------------------------------------------------------
+    def _keep_finished(self, b: _Batch, finished: list[Request]) -> None:
+        """Store the cache of each finished row (its real columns: its prompt and reply up to the last token
+        run) for a later prompt that starts with them (the next turn of a chat, model/prefix_store.py)."""
+        done = {id(r) for r in finished}
+        for i, r in enumerate(b.rows):
+            if id(r) not in done:
+                continue
+            columns = b.mask[i].nonzero().squeeze(1)
+            tokens = (list(r.prompt_ids) + r.generated)[:len(columns)]
+            keys = [layer.keys[i:i + 1].index_select(2, columns) for layer in b.cache.layers]
+            values = [layer.values[i:i + 1].index_select(2, columns) for layer in b.cache.layers]
+            self.store.add(CachedPrefix(r.adapter, tuple(tokens), keys, values))
+
     def _join(self, new: _Batch) -> None:
         if self.batch is None:
             self.batch = new
@@ -383,6 +393,8 @@ class Decoder:
         newly = [r for r in b.rows if r.done and not r._reported]
         for r in newly:
             r._reported = True
+        if newly and self.store.budget:
+            self._keep_finished(b, newly)
         keep = [i for i, r in enumerate(b.rows) if not r.done]
         if not keep:
             self.batch = None
@@ -405,34 +417,3 @@ def _running(rows: Sequence[Request], device: torch.device) -> torch.Tensor:
     """1 per row still generating, 0 per finished row riding along (its position stays, as it would at the end
     of the model's context)."""
     return torch.tensor([0 if r.done else 1 for r in rows], device=device)
-
-
-def _only_stops(allowed: list[int] | torch.Tensor, stop_ids: set[int]) -> bool:
-    """Whether a row's allowed tokens are nothing but end-of-turn tokens (or nothing at all)."""
-    if isinstance(allowed, list):
-        return set(allowed) <= stop_ids
-    if int(allowed.sum()) > len(stop_ids):
-        return False
-    return set(allowed.nonzero().flatten().tolist()) <= stop_ids
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        cut = sorted_probs.cumsum(0) - sorted_probs > top_p
-        sorted_probs[cut] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
-
-def common_prefix(prompts: Sequence[Sequence[int]], keep_last: int = 1) -> list[int]:
-    """The longest token prefix all prompts share, leaving at least `keep_last` tokens of each."""
-    if not prompts:
-        return []
-    first = prompts[0]
-    n = min(len(p) for p in prompts) - keep_last
-    length = 0
-    while length < n and all(p[length] == first[length] for p in prompts):
-        length += 1
-    return list(first[:length])

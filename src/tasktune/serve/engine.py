@@ -19,13 +19,15 @@ import torch
 
 from tasktune.config.schema import ModelConfig
 from tasktune.model.adapters import check_adapter_base
-from tasktune.model.decode import BASE_ADAPTER, Decoder, Request, common_prefix
+from tasktune.model.decode import BASE_ADAPTER, Decoder, Request
 from tasktune.model.generate import stop_token_ids
 from tasktune.model.lean import prepare_lean
 from tasktune.model.load import load_model, load_tokenizer, resolve_model_dir
+from tasktune.model.prefix_store import common_prefix
 from tasktune.runtime import configure_threads, inference_dtype
 from tasktune.serve.front import (
     BASE_ALIAS,
+    DEFAULT_PREFIX_CACHE_MB,
     EngineClosedError,
     EngineError,
     EngineFront,
@@ -53,6 +55,8 @@ class Engine(EngineFront):
     dtype: weight dtype, `auto` = bf16 where the hardware runs it. The model goes to the GPU when there is one.
     max_queue: waiting jobs beyond which `submit` raises QueueFullError; max_batch: rows generated at once.
     threads: torch CPU threads of the generating thread (None: runtime.configure_threads' choice).
+    prefix_cache_mb: memory for the caches of finished requests that a later prompt may start from (the next
+    turn of a conversation prefills only its new message; model/prefix_store.py); 0 keeps none.
     """
 
     def __init__(
@@ -66,8 +70,10 @@ class Engine(EngineFront):
         max_batch: int = 8,
         default_max_tokens: int = 512,
         threads: int | None = None,
+        prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB,
     ):
         adapters = dict(adapters or {})
+        self.prefix_cache_bytes = max(0, prefix_cache_mb) << 20
         super().__init__(model, adapters, max_queue, max_batch, default_max_tokens)
         self.threads = threads
         base_cfg = ModelConfig(name_or_path=model, dtype=dtype, template=template)
@@ -101,7 +107,7 @@ class Engine(EngineFront):
 
     def _new_decoder(self) -> Decoder:
         return Decoder(self.model, sorted(self.stop_ids), self.pad_id, max_batch=self.max_batch,
-                       prefix_ids=self.prefix_ids)
+                       prefix_ids=self.prefix_ids, keep_bytes=self.prefix_cache_bytes)
 
     def _load_adapter(self, name: str, path: str, peft_name: str, base_cfg: ModelConfig) -> None:
         from peft import PeftModel

@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 from tasktune.config.schema import ConfigError
 from tasktune.serve.rows import Event, Result
 
+DEFAULT_PREFIX_CACHE_MB = 256
+"""Memory for finished requests' caches that later prompts may start from (SmolLM2-135M: 23 KB a token, so
+~11,000 tokens of conversations)."""
+
 if TYPE_CHECKING:
     from tasktune.evaluate.constrain import SuffixConstraint
 

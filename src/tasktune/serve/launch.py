@@ -16,6 +16,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def add_api_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `tasktune api` options to `parser`; `run_api_args` runs them."""
     from tasktune.serve.chat import DEFAULT_MODEL
+    from tasktune.serve.front import DEFAULT_PREFIX_CACHE_MB
 
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"registry name or local model directory (default: {DEFAULT_MODEL})")
@@ -39,6 +40,10 @@ def add_api_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "package: one multi-LoRA engine, each --adapter a LoRA request)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85,
                         help="--backend vllm: share of the GPU's memory vLLM takes for weights and KV cache")
+    parser.add_argument("--prefix-cache-mb", type=int, default=DEFAULT_PREFIX_CACHE_MB,
+                        help="memory for the caches of finished requests that a later prompt may start from, so "
+                             "that a conversation's next turn prefills only its new message; 0 keeps none "
+                             f"(default: {DEFAULT_PREFIX_CACHE_MB})")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); on a busy shared CPU, 1 can be "
                              "many times faster than more")
@@ -69,7 +74,8 @@ def run_api_args(args: argparse.Namespace) -> int:
                             gpu_memory_utilization=args.gpu_memory_utilization)
     else:
         engine = Engine(args.model, adapters, dtype=args.dtype, max_queue=args.max_queue, max_batch=args.max_batch,
-                        default_max_tokens=args.default_max_tokens, threads=args.threads)
+                        default_max_tokens=args.default_max_tokens, threads=args.threads,
+                        prefix_cache_mb=args.prefix_cache_mb)
     print(f"serving {', '.join(engine.models)} on http://{args.host}:{args.port}/v1"
           f"{' (API key required)' if api_key else ''}", file=sys.stderr)
     try:

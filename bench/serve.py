@@ -1,10 +1,10 @@
 """Serving load: N concurrent OpenAI clients against `tasktune api` with the real SmolLM2.
 
 Starts the server as a subprocess on a free loopback port, warms it up, then for each concurrency level
-sends a fixed number of short greedy chat requests (max_tokens 32; each question numbered, so that none starts
-from another's cache, as distinct traffic would not; bench/chat_turns.py measures the reuse) and prints requests/s, generated
-tokens/s, p50/p95 latency, failures and the server's batching, with throughput ratios against the
-1-client level of the same run. Every level has a time budget; the whole run stays under 3 minutes.
+sends a fixed number of short greedy chat requests (max_tokens 32; each question numbered, so that none
+starts from another's cache, as distinct traffic would not; bench/chat_turns.py measures that reuse) and
+prints requests/s, generated tokens/s, p50/p95 latency, failures and the server's batching, with throughput
+ratios against the 1-client level of the same run. Every level has a time budget; the whole run stays under 3 minutes.
 
 With `--adapter` (repeatable, [NAME=]DIR) the server loads those LoRA adapters and consecutive requests
 cycle through the base model and each adapter, so a batch mixes them. `--compare-transformers` then runs the

@@ -6,7 +6,7 @@ requests' caches kept, `--prefix-cache-mb`, model/prefix_store.py): a turn prefi
 previous turn's prompt and reply. `none` is the same engine with `prefix_cache_mb=0`, which prefills every
 turn after the chat template's opening. Both conversations run interleaved, `--repeats` times; the table
 gives each turn's prompt tokens and median time to the first streamed piece (TTFT), then the medians of the
-whole conversation.
+whole conversation. Each conversation opens with its own number, so none starts from another's cache.
 
 Run on an otherwise idle machine, one benchmark at a time:
 
@@ -35,13 +35,15 @@ QUESTIONS = [
 ]
 
 
-def conversation(engine, turns: int, max_new: int, replies: list[str] | None = None) -> list[tuple[int, float, float]]:
+def conversation(engine, turns: int, max_new: int, number: int, replies: list[str] | None = None
+                 ) -> list[tuple[int, float, float]]:
     """(prompt tokens, seconds to the first streamed piece, seconds for the turn) per turn; the replies are
-    appended to `replies`."""
+    appended to `replies`. `number` opens the first question, so that no conversation of the run starts from
+    another one's cache."""
     history: list[dict] = []
     out = []
-    for question in QUESTIONS[:turns]:
-        history.append({"role": "user", "content": question})
+    for turn, question in enumerate(QUESTIONS[:turns]):
+        history.append({"role": "user", "content": f"Conversation {number}. {question}" if turn == 0 else question})
         prompt = len(engine.render_chat(history))
         started = time.perf_counter()
         first = None
@@ -80,11 +82,11 @@ def main() -> None:
     replies: dict[str, list[str]] = {name: [] for name in engines}
     try:
         for engine in engines.values():  # warm-up (first passes allocate)
-            conversation(engine, 1, 8)
+            conversation(engine, 1, 8, 0)
         for repeat in range(args.repeats):
             for name in (list(engines) if repeat % 2 == 0 else list(reversed(engines))):
-                runs[name].append(conversation(engines[name], args.turns, args.max_new,
-                                               replies[name] if repeat < 2 else None))
+                runs[name].append(conversation(engines[name], args.turns, args.max_new, repeat + 1,
+                                               replies[name]))
     finally:
         for engine in engines.values():
             engine.close()

@@ -16,7 +16,10 @@ from tasktune.model.lean import LeanForward, _packable, lean_forward, lean_suppo
 from tasktune.model.load import load_model
 from tasktune.model.prefix_store import common_prefix
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# fp32: the lean forward multiplies by concatenated (and, folded, LoRA-fused) weights, so its sums run in
+# another order than transformers'; CPUs with other GEMM kernels differ from it by ~1e-5 (seen on CI),
+# a padded key left visible by ~1.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
 def _biased_llama(tiny_llama_dir):

@@ -2,8 +2,9 @@
 
 Rows (each printed with its ratio against the baseline of its group, all measured in this invocation):
 
-  eval (the demo NER dev set, greedy, max 64 new tokens, batch 64, the demo's tuned adapter: out/demo/adapter
-  after `make demo`, or --adapter; --adapter none scores the untuned SmolLM2):
+  eval (the demo NER dev set, greedy, max 64 new tokens, batch 128: eval.batch_size's default, all 80 rows
+  at once; the demo's tuned adapter: out/demo/adapter after `make demo`, or --adapter; --adapter none scores
+  the untuned SmolLM2):
     hf-generate   a plain batched `model.generate` loop in fp32 (adapter merged), left padding, longest first
                   (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared
@@ -12,8 +13,9 @@ Rows (each printed with its ratio against the baseline of its group, all measure
     tt-transformers  the same through transformers' own forward (no lean forward, model/lean.py)
     tt-drafts     the same with prompt lookup drafts instead (eval.draft_tokens=4, copy_drafts=0; default 0)
     tt-no-copy-drafts  the same without the copy constraint's drafts (eval.copy_drafts=0; the default is 3)
-    lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), when .bench/lf-venv
-                  exists (bench/setup_llamafactory.sh); otherwise the row says it was skipped
+    lf-predict    LLaMA-Factory `do_predict` (same adapter, same prompts, same batch), once per repeat (its
+                  median), when .bench/lf-venv exists (bench/setup_llamafactory.sh); otherwise the row says
+                  it was skipped
   single stream (one chat prompt, 64 new tokens, the same thread count):
     hf-stream     transformers `generate` in fp32, batch 1 (the baseline)
     tasktune      model.generate.stream_chat (bf16, the decoding core with its lean forward)
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-new", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--adapter", default=str(ROOT / "out" / "demo" / "adapter"),
                         help="adapter scored in the eval rows (default: the one `make demo` trains); none: untuned")
     parser.add_argument("--skip-lf", action="store_true")
@@ -214,6 +216,7 @@ def main() -> None:
     eval_s: dict[str, list[float]] = {"hf-generate": [], "tasktune": [], "tt-transformers": [], "tt-drafts": [],
                                       "tt-no-copy-drafts": []}
     stream: dict[str, list[float]] = {}
+    lf_s: list[float] = []
     f1s: dict[str, float | None] = {}
     drafts, copy_drafts = cfg.eval.draft_tokens, cfg.eval.copy_drafts
     for repeat in range(args.repeats):
@@ -231,7 +234,10 @@ def main() -> None:
         for name, value in single_stream(fp32, bf16, unfused, tokenizer, args.max_new).items():
             if value is not None:
                 stream.setdefault(name, []).append(value)
-    lf = None if args.skip_lf else lf_predict(prompts, tokenizer, args.max_new, args.batch, adapter)
+        lf_run = None if args.skip_lf else lf_predict(prompts, tokenizer, args.max_new, args.batch, adapter)
+        if lf_run is not None:
+            lf_s.append(lf_run)
+    lf = statistics.median(lf_s) if lf_s else None
 
     n = len(prompts)
     base = statistics.median(eval_s["hf-generate"])
@@ -243,7 +249,8 @@ def main() -> None:
         print(f"{name:<19}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
     if lf is not None:
         print(f"{'lf-predict':<19}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
-              f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF)")
+              f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF; LF runs: "
+              f"{', '.join(f'{s:.1f}' for s in lf_s)} s)")
     else:
         print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
     print("entity F1 on these rows: " + ", ".join(f"{name} {f1s[name]}" for name in eval_s if name in f1s))

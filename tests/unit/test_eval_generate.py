@@ -9,8 +9,9 @@ import torch
 
 from tasktune.config.schema import ModelConfig
 from tasktune.config.task import TaskConfig
+from tasktune.evaluate import generate as generation
 from tasktune.evaluate.constrain import ChoiceConstraint, enforcer_data, label_token_ids
-from tasktune.evaluate.generate import generate_texts, prompt_ids
+from tasktune.evaluate.generate import generate_texts, kv_bytes_per_token, prompt_ids, rows_that_fit
 from tasktune.evaluate.loglik import score_choices
 from tasktune.model.load import load_model
 from tasktune.tasks import ner
@@ -47,6 +48,29 @@ def test_batched_replies_keep_input_order_and_equal_batch_of_one(tiny):
     reverse = generate_texts(model, tokenizer, conversations[::-1], 6, batch_size=3, progress=False)
     assert reverse.texts == batched.texts[::-1]
     assert batched.seconds > 0 and len(batched.truncated) == 7
+
+
+def test_rows_at_once_are_capped_by_the_memory_their_cache_would_take(tiny, monkeypatch, capsys):
+    _, model, tokenizer = tiny
+    config = model.config  # 2 layers, keys and values of 2 heads of 16 dims, float32
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * 16 * 4
+    assert config.hidden_size // config.num_attention_heads == 16 and kv_bytes_per_token(model) == per_token
+    monkeypatch.setattr(generation, "available_memory", lambda: generation.KV_SHARE * per_token * 100 * 3)
+    assert rows_that_fit(model, 128, tokens_per_row=100) == 3  # three rows of 100 tokens fit the share
+    assert rows_that_fit(model, 2, tokens_per_row=100) == 2 and rows_that_fit(model, 128, 10**6) == 1
+    conversations = prompts(7, seed=3)
+    expected = generate_texts(model, tokenizer, conversations, 6, batch_size=7, progress=False)
+    seen: list[int] = []
+    decoder = generation.Decoder
+    monkeypatch.setattr(generation, "Decoder", lambda *a, **k: seen.append(k["max_batch"]) or decoder(*a, **k))
+    monkeypatch.setattr(generation, "available_memory", lambda: generation.KV_SHARE * per_token * 60 * 2)
+    capped = generate_texts(model, tokenizer, conversations, 6, batch_size=7, progress=False)
+    longest = max(len(ids) for ids in prompt_ids(tokenizer, conversations)) + 6
+    assert seen == [min(7, 60 * 2 // longest)] and seen[0] < 7
+    assert capped.texts == expected.texts  # fewer rows at once, the same replies
+    assert f"generating {seen[0]} rows at once, not 7" in capsys.readouterr().out
+    monkeypatch.setattr(generation, "available_memory", lambda: None)  # unknown: as asked
+    assert rows_that_fit(model, 128, 100) == 128
 
 
 def test_training_mode_is_restored(tiny):

@@ -12,7 +12,37 @@ from tqdm.auto import tqdm
 from tasktune.evaluate.constrain import RowConstraints, SuffixConstraint, build_constraint
 from tasktune.model.decode import Decoder, Request
 from tasktune.model.generate import stop_token_ids
+from tasktune.model.lean import available_memory
 from tasktune.model.prefix_store import common_prefix
+
+KV_SHARE = 4
+"""The rows generated at once keep their key/value cache within 1/KV_SHARE of the free memory."""
+
+
+def kv_bytes_per_token(model) -> int | None:
+    """Bytes of key/value cache one token takes over all layers (None where the config does not say)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    try:
+        layers, heads = config.num_hidden_layers, config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        element = next(model.parameters()).element_size()
+    except (AttributeError, StopIteration, TypeError):
+        return None
+    return 2 * layers * kv_heads * head_dim * max(element, 2)
+
+
+def rows_that_fit(model, batch_size: int, tokens_per_row: int) -> int:
+    """`batch_size`, or fewer rows where their cache at `tokens_per_row` would take more than 1/KV_SHARE of the
+    memory still free (the device's on a GPU); at least one."""
+    per_token = kv_bytes_per_token(model)
+    device = next(model.parameters()).device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    if not per_token or not free:
+        return batch_size
+    return max(1, min(batch_size, free // KV_SHARE // (per_token * tokens_per_row)))
 
 
 @dataclass
@@ -71,8 +101,9 @@ def generate_texts(
     copy_drafts: int = 0,
 ) -> GenerationResult:
     """Greedy replies to `conversations` (message dicts ending on a user turn), with continuous batching
-    (model/decode.py): at most `batch_size` rows at once, a finished row replaced at once by the next one,
-    the prompt prefix every conversation shares encoded once.
+    (model/decode.py): at most `batch_size` rows at once (fewer where their key/value cache would not fit,
+    `rows_that_fit`), a finished row replaced at once by the next one, the prompt prefix every conversation
+    shares encoded once.
 
     constraint: a task's `output_constraint` spec (choice, json_schema, copy_inline), or a list with one spec
     (or None: free text) per conversation, or None for free text. draft_tokens: prompt lookup guesses per
@@ -88,7 +119,11 @@ def generate_texts(
     # longest first: the batch starts full and the short tail fills the gaps
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     requests = [Request(encoded[i], max_new_tokens, constraint=constraints[i]) for i in order]
-    decoder = Decoder(model, stop_ids, pad_id, max_batch=batch_size, prefix_ids=common_prefix(encoded),
+    rows = rows_that_fit(model, batch_size, len(encoded[order[0]]) + max_new_tokens)
+    if rows < min(batch_size, len(encoded)):
+        print(f"generating {rows} rows at once, not {batch_size}: their key/value cache would take more than "
+              f"1/{KV_SHARE} of the free memory", flush=True)
+    decoder = Decoder(model, stop_ids, pad_id, max_batch=rows, prefix_ids=common_prefix(encoded),
                       draft_tokens=draft_tokens, copy_drafts=copy_drafts)
     was_training = model.training
     model.eval()

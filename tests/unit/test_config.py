@@ -48,6 +48,17 @@ def test_section_checks_reject_bad_values():
         cfg.data.check()
 
 
+def test_eval_batch_size_defaults_differ_for_generating_and_forward_batches():
+    cfg = load_config(None, [])
+    assert cfg.eval.batch_size is None
+    assert (cfg.eval.rows(generating=True), cfg.eval.rows(generating=False)) == (128, 64)
+    cfg = load_config(None, ["eval.batch_size=12"])
+    assert (cfg.eval.rows(generating=True), cfg.eval.rows(generating=False)) == (12, 12)
+    cfg = load_config(None, ["eval.batch_size=0"])
+    with pytest.raises(ConfigError, match="at least 1"):
+        cfg.eval.check()
+
+
 def test_every_field_has_help_from_its_docstring():
     rows = describe(Config)
     missing = [key for key, _, doc in rows if not doc]

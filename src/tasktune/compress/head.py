@@ -62,7 +62,7 @@ def teacher_labels(cfg: Config, spec: TaskConfig, teacher_dir: Path, rows: list[
     model = load_model(model_cfg)
     tokenizer = load_tokenizer(model_cfg, padding_side="left")
     if spec.name == "classify":
-        result = score_choices(model, tokenizer, _prompts(rows, spec), list(spec.labels), cfg.eval.batch_size)
+        result = score_choices(model, tokenizer, _prompts(rows, spec), list(spec.labels), cfg.eval.rows(False))
         soft = {}
         records = []
         for row, scores in zip(rows, result.scores, strict=True):

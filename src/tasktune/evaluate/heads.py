@@ -207,7 +207,7 @@ def evaluate_heads(cfg: Config, model: TaskHead, tokenizer, rows: list[Any] | No
         rows = load_eval_rows(cfg, spec)[0]
     if not rows:
         raise DataError(f"no valid rows to score in the {cfg.eval.split} split")
-    records, scores, seconds, truncated = score_rows(model, tokenizer, rows, spec, cfg.eval.batch_size, progress)
+    records, scores, seconds, truncated = score_rows(model, tokenizer, rows, spec, cfg.eval.rows(False), progress)
     metrics = {
         "task": spec.name,
         **task_metrics(spec.name, scores, rows),
@@ -268,7 +268,7 @@ def make_head_evaluator(cfg: Config):
     steps_dir = Path(cfg.output.dir) / "eval_steps"
 
     def evaluate(model: TaskHead, tokenizer, step: int) -> dict[str, float]:
-        records, scores, seconds, _ = score_rows(model, tokenizer, rows, spec, cfg.eval.batch_size, progress=False)
+        records, scores, seconds, _ = score_rows(model, tokenizer, rows, spec, cfg.eval.rows(False), progress=False)
         if is_main_process():
             write_jsonl(records, steps_dir / f"step-{step}" / "predictions.jsonl")
             warning = degenerate_warning(spec.name, scores)

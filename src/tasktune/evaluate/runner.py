@@ -209,7 +209,7 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
         if spec.name != "classify":
             raise ConfigError(f"eval.scoring=loglik works for classify only, not {spec.name}")
         choose = partial(split_choices, score_choices) if split_across_ranks else score_choices
-        result = choose(model, tokenizer, prompts, list(spec.labels), cfg.eval.batch_size, progress)
+        result = choose(model, tokenizer, prompts, list(spec.labels), cfg.eval.rows(False), progress)
         texts, seconds, tokens, truncated = [spec.labels[k] for k in result.choices], result.seconds, 0, 0
     else:
         constraint = _constraint(cfg, spec, rows) if generator is None else None
@@ -217,7 +217,7 @@ def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], pr
                                         copy_drafts=cfg.eval.copy_drafts)
         if split_across_ranks:
             generate = partial(split_generate, generate)
-        generated = generate(model, tokenizer, prompts, budget, cfg.eval.batch_size, constraint, progress)
+        generated = generate(model, tokenizer, prompts, budget, cfg.eval.rows(True), constraint, progress)
         texts, seconds = generated.texts, generated.seconds
         tokens, truncated = generated.generated_tokens, sum(generated.truncated)
     predictions = [task.parse(text, row, spec) for text, row in zip(texts, rows, strict=True)]

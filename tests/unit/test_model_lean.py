@@ -187,22 +187,29 @@ def test_the_output_embedding_is_prepacked_for_logits_over_the_whole_vocabulary(
     lean = lean_forward(model)
     torch.manual_seed(9)
     hidden = torch.randn(3, model.config.hidden_size, dtype=torch.bfloat16)
-    assert torch.equal(lean.logits(hidden), torch.nn.functional.linear(hidden, model.lm_head.weight))
+    plain = torch.nn.functional.linear(hidden, model.lm_head.weight)
+    # the same numbers here (AVX512-BF16); another CPU's oneDNN kernels may round a logit the other way
+    torch.testing.assert_close(lean.logits(hidden), plain, atol=TOLERANCE[torch.bfloat16], rtol=1e-2)
+    assert not torch.allclose(lean.logits(hidden.roll(1, dims=0)), plain)  # it does depend on each row
     prompts = [torch.randint(10, 900, (n,)).tolist() for n in (3, 7, 5)]
-    replies, calls = [], []
     for head in (lean.head, None):
         lean.head = head
         decoder = Decoder(model, [5], pad_id=0, max_batch=3)
-        seen: list[int] = []
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         logits = decoder._lean.logits
-        decoder._lean.logits = lambda h, logits=logits, seen=seen: seen.append(1) or logits(h)
+        decoder._lean.logits = lambda h, logits=logits, seen=seen: seen.append((h, logits(h))) or seen[-1][1]
         requests = [Request(p, 6) for p in prompts]
         decoder.run(requests)
         del decoder._lean.logits
-        replies.append([r.generated for r in requests])
-        calls.append(len(seen))
-    assert calls[0] > 0 and calls[1] == 0  # used with the copy, not without
-    assert replies[0] == replies[1] and any(replies[0])
+        assert all(r.generated for r in requests)
+        if head is None:
+            assert not seen  # without the copy: the plain matmul
+        else:  # with it: every unconstrained step's logits come from the copy
+            assert len(seen) >= 6
+            with torch.inference_mode():
+                for h, got in seen:
+                    expected = torch.nn.functional.linear(h, model.lm_head.weight)
+                    torch.testing.assert_close(got, expected, atol=TOLERANCE[torch.bfloat16], rtol=1e-2)
 
 
 def test_it_is_not_used_once_the_weights_change(tiny_llama_dir):

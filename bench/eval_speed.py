@@ -2,9 +2,9 @@
 
 Rows (each printed with its ratio against the baseline of its group, all measured in this invocation):
 
-  eval (the demo NER dev set, greedy, max 64 new tokens, batch 128: eval.batch_size's default, all 80 rows
-  at once; the demo's tuned adapter: out/demo/adapter after `make demo`, or --adapter; --adapter none scores
-  the untuned SmolLM2):
+  eval (the demo NER dev set, greedy, max 64 new tokens, batch 128: eval.batch_size's default for generating,
+  all 80 rows at once; the demo's tuned adapter: out/demo/adapter after `make demo`, or --adapter; --adapter
+  none scores the untuned SmolLM2):
     hf-generate   a plain batched `model.generate` loop in fp32 (adapter merged), left padding, longest first
                   (the baseline)
     tasktune      `tasktune eval`'s own path (evaluate.runner.predict): bf16, continuous batching, shared

@@ -20,29 +20,37 @@ def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def test_inline_ner_guesses_the_rest_of_the_sentence_and_of_a_label_once_one_is_left(smol_tokenizer):
+def test_inline_ner_guesses_the_rest_of_the_sentence_its_brackets_and_the_rest_of_a_label(smol_tokenizer):
     text = "Maria Lopez flew to Madrid."
     constraint = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2])
-    assert constraint.draft((), 3) == ids(smol_tokenizer, text)[:3]
-    opened = tuple(ids(smol_tokenizer, "[Maria Lopez"))  # inside a mention, the text goes on
-    assert constraint.draft(opened, 4) == ids(smol_tokenizer, " flew to Madrid.")[:4]
-    bar = opened + tuple(ids(smol_tokenizer, "|"))
+    # a run of two capitalized words opens the sentence: guessed as a mention, up to the label
+    assert constraint.draft((), 8) == ids(smol_tokenizer, "[Maria Lopez|")
+    opened = tuple(ids(smol_tokenizer, "[Maria"))  # inside a mention, the run goes on, then its `|`
+    assert constraint.draft(opened, 4) == ids(smol_tokenizer, " Lopez|")
+    bar = tuple(ids(smol_tokenizer, "[Maria Lopez|"))
     assert constraint.draft(bar, 4) == []  # three labels may follow: no guess
     one_left = bar + tuple(ids(smol_tokenizer, "P"))
     assert constraint.states_after(one_left)  # "P" is a label's start
-    assert constraint.draft(one_left, 5) == ids(smol_tokenizer, "ER] flew to Madrid.")[:5]
+    assert constraint.draft(one_left, 8) == ids(smol_tokenizer, "ER] flew to [Madrid|")
     closed = tuple(ids(smol_tokenizer, "[Maria Lopez|PER] flew to"))
-    assert constraint.draft(closed, 2) == ids(smol_tokenizer, " Madrid.")[:2]
+    assert constraint.draft(closed, 2) == ids(smol_tokenizer, " [Madrid|")[:2]
     assert constraint.draft(closed, 0) == []
+    plain = tuple(ids(smol_tokenizer, "Maria Lopez flew to Madrid"))  # the model left it plain
+    assert constraint.draft(plain, 4) == ids(smol_tokenizer, ".")
     everything = tuple(ids(smol_tokenizer, text))
     assert constraint.draft(everything, 4) == []  # nothing left to copy
+
+
+def test_text_whose_capitals_say_nothing_is_guessed_plainly(smol_tokenizer):
+    for text in ("EU REJECTS GERMAN CALL TO BOYCOTT BRITISH LAMB .", "maria lopez flew to madrid."):
+        assert CopyInlineConstraint(smol_tokenizer, text, LABELS, [2]).draft((), 40) == ids(smol_tokenizer, text)
 
 
 def test_no_guess_inside_a_character_and_a_long_text_is_tokenized_in_a_window(smol_tokenizer):
     constraint = CopyInlineConstraint(smol_tokenizer, "李雷到了北京", LABELS, [2])
     half = [t for t in range(len(smol_tokenizer)) if constraint.table.by_id.get(t) == "李".encode()[:1]]
     assert half and constraint.states_after((half[0],)) and constraint.draft((half[0],), 4) == []
-    long = " ".join(["word"] * 100)
+    long = " ".join(["Word"] + ["word"] * 100)
     assert len(long) > DRAFT_BYTES
     window = CopyInlineConstraint(smol_tokenizer, long, LABELS, [2]).draft((), 32)
     # the window's last token may be a word cut in two: it is dropped

@@ -7,7 +7,8 @@ that is not whitespace, where no word is cut); inside one, the text's next byte 
 that is not whitespace, where no word is cut), then the bytes of a label and `]`. Several readings can hold
 at once (a text with its own `[` or `|`), which the byte grammar's state sets handle (`byte_grammar`). Stop
 tokens are allowed exactly when the whole text has been copied outside a mention. Drafts guess the rest of
-the text (and the rest of a label once one label is left): most of a reply is copied.
+the text, with brackets around the next run of capitalized words (evaluate/mention_guess.py), and the rest
+of a label once one label is left: most of a reply is copied.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from tasktune.config.schema import ConfigError
 from tasktune.evaluate.byte_grammar import SPACE, ByteGrammarConstraint, token_table
+from tasktune.evaluate.mention_guess import guess_mentions, says_nothing
 from tasktune.tasks.ner_formats import cuts_word
 
 __all__ = ["CopyInlineConstraint", "token_table", "word_edges"]
@@ -45,6 +47,8 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         self.text = text.encode()
         self.labels = [label.encode() for label in labels]
         self.edge = word_edges(text)
+        self._guesses = not says_nothing(text)
+        """Whether drafts guess brackets from capitals (evaluate/mention_guess.py)."""
 
     # ---- the grammar ----
 
@@ -73,17 +77,28 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         return moves  # type: ignore[return-value]
 
     def _continuation(self, states: frozenset[State]) -> bytes | None:
-        """Copying (in or out of a mention): the rest of the text; in a label that only one label completes:
-        the rest of it, `]`, then the rest of the text."""
+        """Copying (in or out of a mention): the rest of the text with guessed brackets (`_guess`); in a label
+        that only one label completes: the rest of it, `]`, then the same."""
         if len(states) != 1:
             return None
         (state,) = states
         if state[0] != "label":
-            return self.text[state[1]:]
+            return self._guess(state[1], state[0] == "mention")
         matches = [label for label in self.labels if label.startswith(state[2])]
         if len(matches) != 1:
             return None
-        return matches[0][len(state[2]):] + b"]" + self.text[state[1]:]
+        return matches[0][len(state[2]):] + b"]" + self._guess(state[1], False)
+
+    def _guess(self, j: int, in_mention: bool) -> bytes:
+        """The rest of the text from byte j with the brackets `guess_mentions` expects; the plain rest where
+        capitals say nothing or j stands inside a character."""
+        if not self._guesses:
+            return self.text[j:]
+        try:
+            head, rest = self.text[:j].decode(), self.text[j:].decode()
+        except UnicodeDecodeError:
+            return self.text[j:]
+        return guess_mentions(head + rest, len(head), in_mention).encode()
 
     def complete(self, states: frozenset[State]) -> bool:
         return ("copy", len(self.text)) in states

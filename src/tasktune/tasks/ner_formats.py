@@ -34,13 +34,14 @@ class Spanned(Protocol):
 # ---- alignment -----------------------------------------------------------------------------------------
 
 
-def _wordy(ch: str) -> bool:
+def is_wordy(ch: str) -> bool:
+    """Whether `ch` is part of a word that a span edge must not cut (a letter or digit, not CJK)."""
     return ch.isalnum() and not has_cjk(ch)
 
 
 def cuts_word(text: str, i: int) -> bool:
     """Whether a span edge at character i splits a word (letters/digits on both sides, CJK excepted)."""
-    return 0 < i < len(text) and _wordy(text[i - 1]) and _wordy(text[i])
+    return 0 < i < len(text) and is_wordy(text[i - 1]) and is_wordy(text[i])
 
 
 def occurrences(needle: str, haystack: str) -> list[Span]:

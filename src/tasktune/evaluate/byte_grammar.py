@@ -91,6 +91,7 @@ class ByteGrammarConstraint(SuffixConstraint):
         self.tokenizer = tokenizer
         self._states: dict[tuple[int, ...], frozenset] = {(): start}
         self._drafts: dict[bytes, list[int]] = {}
+        self._moves: dict[frozenset, dict[int, frozenset]] = {}
 
     def _continuation(self, states: frozenset) -> bytes | None:
         """The bytes the reply most likely goes on with from `states` (a copying grammar: the rest of its
@@ -124,11 +125,16 @@ class ByteGrammarConstraint(SuffixConstraint):
         raise NotImplementedError
 
     def _step(self, states: frozenset) -> dict[int, frozenset]:
-        merged: dict[int, set[Hashable]] = defaultdict(set)
-        for state in states:
-            for byte, targets in self._next(state).items():
-                merged[byte].update(targets)
-        return {byte: frozenset(targets) for byte, targets in merged.items()}
+        """byte -> the states it leads to from `states` (kept: the walks of a row's next positions pass through
+        the same states again)."""
+        moves = self._moves.get(states)
+        if moves is None:
+            merged: dict[int, set[Hashable]] = defaultdict(set)
+            for state in states:
+                for byte, targets in self._next(state).items():
+                    merged[byte].update(targets)
+            moves = self._moves[states] = {byte: frozenset(targets) for byte, targets in merged.items()}
+        return moves
 
     def _read(self, states: frozenset, data: bytes) -> frozenset:
         for byte in data:

@@ -19,6 +19,7 @@ Rows may use different LoRA adapters of one peft model in the same forward pass 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -103,13 +104,21 @@ class Decoder:
         self.waiting.append(request)
 
     def run(self, requests: Sequence[Request], progress: Callable[[Request], None] | None = None) -> None:
-        """Generate every request to its end; `progress` is called as each one finishes."""
+        """Generate every request to its end; `progress` is called as each one finishes.
+
+        The objects that exist before (the model's modules, the tokenizer's and constraints' tables: ~560k for
+        SmolLM2) are frozen out of Python's cyclic garbage collector meanwhile: a full collection scanning them
+        took 0.28 s, a tenth of the demo evaluation, in about one run of three."""
         for request in requests:
             self.add(request)
-        while self.busy:
-            for request in self.step():
-                if progress:
-                    progress(request)
+        gc.freeze()
+        try:
+            while self.busy:
+                for request in self.step():
+                    if progress:
+                        progress(request)
+        finally:
+            gc.unfreeze()
 
     @torch.inference_mode()
     def step(self) -> list[Request]:

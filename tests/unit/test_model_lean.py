@@ -12,7 +12,8 @@ from tasktune.model.attention import cpu_attention
 from tasktune.model.decode import Decoder, Request
 from tasktune.model.fold import LowRankDelta, fold_adapter
 from tasktune.model.kv_cache import SPARE_COLUMNS, make_cache
-from tasktune.model.lean import LeanForward, _packable, lean_forward, lean_support, prepare_lean
+from tasktune.model.lean import LeanForward, lean_forward, lean_support, prepare_lean
+from tasktune.model.lean_linear import packable
 from tasktune.model.load import load_model
 from tasktune.model.prefix_store import common_prefix
 
@@ -20,6 +21,19 @@ from tasktune.model.prefix_store import common_prefix
 # another order than transformers'; CPUs with other GEMM kernels differ from it by ~1e-5 (seen on CI),
 # a padded key left visible by ~1.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+
+
+def _assert_like_transformers(got, expected, reference, dtype):
+    """float32: transformers' numbers up to summation order. bf16: at least about as close to the same weights'
+    float32 forward (`reference`) as transformers' bf16 forward (`expected`) is: the lean forward's fused
+    post-ops round once where transformers rounds twice (the demo adapter's bf16 errors: mean 0.0058 against
+    0.0070), and a padded key left visible or a delta left out is off by ~1."""
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+        return
+    ours, theirs = (got.float() - reference).abs(), (expected.float() - reference).abs()
+    assert ours.mean() <= 1.5 * theirs.mean() + 1e-3, (ours.mean(), theirs.mean())
+    assert ours.max() <= 2 * theirs.max() + TOLERANCE[dtype], (ours.max(), theirs.max())
 
 
 def _biased_llama(tiny_llama_dir):
@@ -78,32 +92,37 @@ def test_lean_forward_equals_transformers_on_a_padded_prefill_and_decode_steps(k
     model = _model(kind, dtype, tiny_llama_dir, tiny_adapter_dir)
     if kind == "folded":  # the LoRA deltas are fused in, factored where the dtype is bf16
         assert any(isinstance(m, LowRankDelta) for m in model.modules()) == (dtype == torch.bfloat16)
+    reference = copy.deepcopy(model).float()  # the same weights in float32
     lean = LeanForward(model)
-    assert lean.layers[0].qkv.packed == _packable(dtype)
+    packed = packable(dtype)
+    assert lean.layers[0].qkv.packed == packed
+    # bf16 and no biases: the MLP's SiLU and product run as post-ops; a folded delta is appended to the matmuls
+    assert (lean.layers[0].swiglu is not None) == (packed and kind != "biased")
+    assert (lean.layers[0].qkv.appended is not None) == (packed and kind == "folded")
     torch.manual_seed(0)
     ids = torch.randint(10, 900, (3, 9))
     mask = torch.ones(3, 9, dtype=torch.long)
     mask[0, :4] = mask[1, :1] = 0  # left padding
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    ours, theirs = make_cache([], []), make_cache([], [])
-    tolerance = TOLERANCE[dtype]
-    with torch.inference_mode(), cpu_attention(model):
+    ours, theirs, exact = make_cache([], []), make_cache([], []), make_cache([], [])
+    with torch.inference_mode(), cpu_attention(model), cpu_attention(reference):
         expected = _hidden(model, ids, mask, positions, theirs, keep=4)
         got = lean(ids, mask, positions, ours, keep=4)
         assert got.shape == expected.shape == (3, 4, 64)
-        torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+        _assert_like_transformers(got, expected, _hidden(reference, ids, mask, positions, exact, 4), dtype)
         for step in range(3):  # one token per row, then three at once (a drafted pass)
             width = 1 if step < 2 else 3
             mask = torch.cat([mask, torch.ones(3, width, dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1 + torch.arange(width)
             new = torch.randint(10, 900, (3, width))
             expected = _hidden(model, new, mask, positions, theirs, keep=width)
-            torch.testing.assert_close(lean(new, mask, positions, ours, keep=width), expected, atol=tolerance,
-                                       rtol=tolerance)
+            _assert_like_transformers(lean(new, mask, positions, ours, keep=width), expected,
+                                      _hidden(reference, new, mask, positions, exact, width), dtype)
     real = mask.bool()  # the cache holds the same keys in the real columns, zeros in the padding
-    for mine, reference in zip(ours.layers, theirs.layers, strict=True):
-        by_column, expected_keys = mine.keys.transpose(1, 2), reference.keys.transpose(1, 2)
-        torch.testing.assert_close(by_column[real], expected_keys[real], atol=tolerance, rtol=tolerance)
+    for mine, other, closest in zip(ours.layers, theirs.layers, exact.layers, strict=True):
+        by_column = mine.keys.transpose(1, 2)
+        expected_keys, closest_keys = other.keys.transpose(1, 2), closest.keys.transpose(1, 2)
+        _assert_like_transformers(by_column[real], expected_keys[real], closest_keys[real], dtype)
         assert not by_column[~real].any()
 
 
@@ -112,6 +131,7 @@ def test_positions_that_are_not_real_are_left_out_of_the_matmuls(dtype, tiny_lla
     """A row that finished (its new column masked) and the padding of a prefill are not computed: the layers
     see only the real positions; the other rows' outputs are transformers' and the left-out row's are zeros."""
     model = _model("folded", dtype, tiny_llama_dir, tiny_adapter_dir)
+    reference = copy.deepcopy(model).float()
     lean = LeanForward(model)
     seen: list[int] = []
     qkv = lean.layers[0].qkv
@@ -121,19 +141,19 @@ def test_positions_that_are_not_real_are_left_out_of_the_matmuls(dtype, tiny_lla
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[0, :2] = 0
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    ours, theirs = make_cache([], []), make_cache([], [])
-    tolerance = TOLERANCE[dtype]
-    with torch.inference_mode(), cpu_attention(model):
-        torch.testing.assert_close(lean(ids, mask, positions, ours), _hidden(model, ids, mask, positions, theirs, 1),
-                                   atol=tolerance, rtol=tolerance)
+    ours, theirs, exact = make_cache([], []), make_cache([], []), make_cache([], [])
+    with torch.inference_mode(), cpu_attention(model), cpu_attention(reference):
+        _assert_like_transformers(lean(ids, mask, positions, ours), _hidden(model, ids, mask, positions, theirs, 1),
+                                  _hidden(reference, ids, mask, positions, exact, 1), dtype)
         assert seen == [16]  # 18 positions, 2 of them padding
         step = torch.tensor([[1], [0], [1]])  # the second row finished: its new column is not real
         mask = torch.cat([mask, step], dim=1)
         new, positions = torch.randint(10, 900, (3, 1)), positions[:, -1:] + 1
         got = lean(new, mask, positions, ours)
         expected = _hidden(model, new, mask, positions, theirs, 1)
+        closest = _hidden(reference, new, mask, positions, exact, 1)
     assert seen == [16, 2]
-    torch.testing.assert_close(got[[0, 2]], expected[[0, 2]], atol=tolerance, rtol=tolerance)
+    _assert_like_transformers(got[[0, 2]], expected[[0, 2]], closest[[0, 2]], dtype)
     assert not got[1].any()
     assert not ours.layers[0].keys[1, :, -1].any()  # nothing of it entered the cache
 
@@ -180,7 +200,7 @@ def test_the_output_embedding_is_prepacked_for_logits_over_the_whole_vocabulary(
     """bf16: the decoder's unconstrained logits come from the lean forward's prepacked copy of the output
     embedding, the plain matmul's numbers; fp32 models keep the plain matmul (no copy)."""
     assert LeanForward(_model("plain", torch.float32, tiny_llama_dir, None)).head is None
-    if not _packable(torch.bfloat16):
+    if not packable(torch.bfloat16):
         pytest.skip("no oneDNN bf16 here")
     model = _model("plain", torch.bfloat16, tiny_llama_dir, None)
     assert prepare_lean(model)

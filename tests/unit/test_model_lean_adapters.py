@@ -94,9 +94,11 @@ def test_each_row_takes_its_own_adapter_as_peft_does(dtype, tiny_llama_dir, tiny
             torch.testing.assert_close(got[live], expected[live], atol=tolerance, rtol=tolerance)
 
 
-def test_one_adapter_on_every_row_is_the_folded_adapter_bit_for_bit(tiny_llama_dir, tiny_adapter_dir):
-    """What `tasktune chat --adapter` runs (a peft model, the adapter named per row) equals what `tasktune eval`
-    runs (the adapter folded in as bf16 low-rank factors, model/fold.py)."""
+def test_one_adapter_on_every_row_is_the_folded_adapter_up_to_bf16_rounding(tiny_llama_dir, tiny_adapter_dir):
+    """What `tasktune chat --adapter` runs (a peft model, the adapter named per row) computes what `tasktune eval`
+    runs (the adapter folded in as bf16 low-rank factors, model/fold.py). The folded one appends the deltas
+    to the matmuls and fuses the MLP's SiLU and product (model/lean_linear.py), so the two round differently:
+    both stay within bf16 rounding of the float32 forward of the same weights, where the base model is ~1 off."""
     cfg = ModelConfig(name_or_path=str(tiny_llama_dir), adapter=str(tiny_adapter_dir))
     peft_model = load_model(cfg, torch.bfloat16).eval()
     folded, how = fold_adapter(copy.deepcopy(peft_model))
@@ -107,11 +109,16 @@ def test_one_adapter_on_every_row_is_the_folded_adapter_bit_for_bit(tiny_llama_d
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[1, :2] = 0
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    got = LeanForward(peft_model)(ids, mask, positions, make_cache([], []), keep=6, adapters=[name] * 3)
-    expected = LeanForward(folded)(ids, mask, positions, make_cache([], []), keep=6)
-    assert torch.equal(got[mask.bool()], expected[mask.bool()])
-    base = LeanForward(peft_model)(ids, mask, positions, make_cache([], []), keep=6, adapters=[BASE_ADAPTER] * 3)
-    assert not torch.equal(got[mask.bool()], base[mask.bool()])
+    real = mask.bool()
+
+    def hidden(model, adapters=None):
+        out = LeanForward(model)(ids, mask, positions, make_cache([], []), keep=6, adapters=adapters)
+        return out[real].float()
+
+    exact = hidden(copy.deepcopy(folded).float())
+    error = {kind: (hidden(model, adapters) - exact).abs().mean().item() for kind, model, adapters in
+             (("peft", peft_model, [name] * 3), ("folded", folded, None), ("base", peft_model, [BASE_ADAPTER] * 3))}
+    assert max(error["peft"], error["folded"]) < 0.03 < 0.5 < error["base"], error
 
 
 def test_the_decoder_runs_a_peft_model_through_it_with_the_replies_of_peft(tiny_llama_dir, tiny_adapter_dir,

@@ -4,9 +4,10 @@ transformers' Llama forward runs a layer's seven projections as seven matmuls (2
 factored, model/fold.py), each behind a module call, with about a hundred small operators around them. On a
 2-core CPU that is most of a decode step of a few rows. Here, per layer:
 
-- q, k and v are one matmul, gate and up another; a LoRA delta kept factored adds two more per group (all
-  its down-projections stacked, then the up-projections as one block-diagonal matrix whose zero blocks add
-  exact zeros), added in place;
+- q, k and v are one matmul, gate and up another (model/lean_linear.py); a LoRA delta kept factored adds
+  one small matmul per group (all its down-projections stacked), whose outputs are appended to the input of
+  the main one, the up-projections being its extra columns; in bf16 the residual sums, the SiLU and the gate
+  x up product are the matmuls' oneDNN post-ops;
 - a peft model's LoRA adapters (the API's and chat's `--adapter`s) stay apart, one such pair of matmuls per
   adapter, each over the positions of the rows that name it (S-LoRA's idea on a small scale): rows of
   different adapters share the base matmuls of one pass, as peft's per-row `adapter_names` does, without
@@ -20,10 +21,11 @@ factored, model/fold.py), each behind a module call, with about a hundred small 
   first 64 x 24 prefill) and rows that finished but still ride in the batch are left out of every matmul.
 
 It computes what transformers' forward computes, with the same weights in the same dtypes (up to summation
-order; tested against it). `prepare_lean(model)` builds it once for an inference-only model (`tasktune eval`,
-chat, the API); a model being trained never gets one (its weights change), and
-one whose weights changed since is not used (`current`). The fused copies cost the size of the layers' weights
-and the output embedding once more (~270 MB in bf16 for SmolLM2-135M).
+order in float32; in bf16 the post-ops round once where transformers rounds twice, tested to stay as close
+to the float32 forward as transformers' bf16 forward). `prepare_lean(model)` builds it once for an
+inference-only model (`tasktune eval`, chat, the API); a model being trained never gets one (its weights
+change), and one whose weights changed since is not used (`current`). The fused copies cost the size of the
+layers' weights and the output embedding once more (~270 MB in bf16 for SmolLM2-135M).
 
 Measured on SmolLM2-135M with the demo adapter folded in, bf16, 2 threads (minimum of 32 steps, one invocation):
 a decode step of one row 50 -> 28 ms, of 16 rows 63 -> 40 ms, of 64 rows 118 -> 91 ms. The demo evaluation's
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasktune.model.attention import MAX_QUERY, grouped_attention
-from tasktune.model.fold import LowRankDelta, lora_factors
+from tasktune.model.lean_linear import FusedProjection, SwiGLU, fuse_projections, fuse_swiglu, packable
 from tasktune.model.request import BASE_ADAPTER
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral"})
@@ -52,133 +54,15 @@ OFF_SWITCH = "TASKTUNE_LEAN"
 """Set to 0, models keep transformers' forward (to compare with it, or to rule the lean forward out)."""
 
 
-def _packable(dtype: torch.dtype) -> bool:
-    return (dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-@dataclass
-class LowRankStack:
-    """The LoRA deltas of the projections of one input as two matmuls: their down-projections stacked, then
-    their (scaled) up-projections as one block-diagonal matrix whose zero blocks add exact zeros."""
-
-    down: torch.Tensor
-    """[ranks, in] (prepacked for oneDNN where the projection is)."""
-    up: torch.Tensor
-    """[outputs, ranks]: each projection's up-projection on its own rows and columns."""
-    up_bias: torch.Tensor | None
-
-
-@dataclass
-class FusedProjection:
-    """Several projections of one input as one matmul (their weights stacked), plus the LoRA deltas: a folded
-    adapter's for every row (`delta`), and each named peft adapter's for the rows that ask for it (`adapters`),
-    added in place."""
-
-    weight: torch.Tensor
-    """[outputs, in], prepacked for oneDNN where `packed`."""
-    bias: torch.Tensor | None
-    delta: LowRankStack | None
-    adapters: dict[str, LowRankStack]
-    packed: bool
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        return F.linear(x, weight, bias)
-
-    def _low_rank(self, x: torch.Tensor, stack: LowRankStack) -> torch.Tensor:
-        return self._linear(self._linear(x, stack.down, None), stack.up, stack.up_bias)
-
-    def __call__(self, x: torch.Tensor, groups: Sequence[tuple[str, torch.Tensor | None]] = ()) -> torch.Tensor:
-        """The projections of `x` [positions, in]; `groups`: (adapter name, the positions that use it, None for
-        all), from `LeanForward._groups`."""
-        y = self._linear(x, self.weight, self.bias)
-        # base(x) + up(down(x)) with the same roundings; the down-projections are not stacked under the base
-        # weights: that made the base output strided and its width odd (a 64-row step of gate/up 660 -> 640 us)
-        if self.delta is not None:
-            y.add_(self._low_rank(x, self.delta))
-        for name, index in groups:
-            stack = self.adapters.get(name)
-            if stack is None:  # this adapter leaves these projections alone
-                continue
-            if index is None:
-                y.add_(self._low_rank(x, stack))
-            else:
-                y.index_add_(0, index, self._low_rank(x.index_select(0, index), stack))
-        return y
-
-
-def _stack(bases: Sequence[nn.Linear], factors: Sequence[tuple | None], pack: bool) -> LowRankStack | None:
-    """One `LowRankStack` of the (down, scaled up, up bias) factors of each base layer (None: no delta there),
-    in the bases' dtype; None when no layer has one."""
-    if all(f is None for f in factors):
-        return None
-    dtype = bases[0].weight.dtype
-    down = torch.cat([f[0].to(dtype) for f in factors if f is not None])
-    up = torch.zeros((sum(b.out_features for b in bases), down.shape[0]), dtype=dtype)
-    row = column = 0
-    for base, factor in zip(bases, factors, strict=True):
-        if factor is not None:
-            rank = factor[0].shape[0]
-            up[row:row + base.out_features, column:column + rank] = factor[1].to(dtype)
-            column += rank
-        row += base.out_features
-    up_bias = None
-    if any(f is not None and f[2] is not None for f in factors):
-        up_bias = torch.cat([f[2].to(dtype) if f is not None and f[2] is not None
-                             else torch.zeros(b.out_features, dtype=dtype)
-                             for b, f in zip(bases, factors, strict=True)])
-    if pack:
-        down, up = torch.ops.mkldnn._reorder_linear_weight(down), torch.ops.mkldnn._reorder_linear_weight(up)
-    return LowRankStack(down, up, up_bias)
-
-
-def fuse_projections(layers: Sequence[nn.Module], pack: bool, adapters: Sequence[str] = ()) -> FusedProjection:
-    """One `FusedProjection` for `layers` of one input: nn.Linear, model/fold.py's LowRankDelta over one, or a
-    peft LoRA Linear whose named `adapters` become per-row deltas (TypeError for anything else)."""
-    bases, folded, named = [], [], {name: [] for name in adapters}
-    for layer in layers:
-        delta, lora = None, False
-        if isinstance(layer, LowRankDelta) and type(layer.base) is nn.Linear:
-            base, delta = layer.base, (layer.down.detach(), layer.up.detach(),
-                                       None if layer.up_bias is None else layer.up_bias.detach())
-        elif type(layer) is nn.Linear:
-            base = layer
-        elif hasattr(layer, "lora_A") and type(getattr(layer, "base_layer", None)) is nn.Linear:
-            base, lora = layer.base_layer, True
-        else:
-            raise TypeError(f"{type(layer).__name__} cannot be fused")
-        for name, factors in named.items():
-            factor = lora_factors(layer, name) if lora else None
-            if factor is None and lora and name in layer.lora_A:
-                raise TypeError(f"adapter {name!r} of {type(layer).__name__} is not a plain LoRA (DoRA, merged)")
-            factors.append(factor)
-        bases.append(base)
-        folded.append(delta)
-    dtype = bases[0].weight.dtype
-    weight = torch.cat([b.weight.detach() for b in bases])
-    bias = None
-    if any(b.bias is not None for b in bases):
-        bias = torch.cat([b.bias.detach() if b.bias is not None else torch.zeros(b.out_features, dtype=dtype)
-                          for b in bases])
-    packed = pack and _packable(dtype)
-    if packed:
-        weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-    stacks = {name: _stack(bases, factors, packed) for name, factors in named.items()}
-    return FusedProjection(weight, bias, _stack(bases, folded, packed),
-                           {name: stack for name, stack in stacks.items() if stack is not None}, packed)
-
-
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
     qkv: FusedProjection
     o: FusedProjection
     post_norm: torch.Tensor
-    gate_up: FusedProjection
+    gate_up: FusedProjection | None  # None where `swiglu` serves every row
     down: FusedProjection
+    swiglu: SwiGLU | None
 
 
 class LeanForward:
@@ -205,16 +89,18 @@ class LeanForward:
             attention, mlp = layer.self_attn, layer.mlp
             groups = [[attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
                       [mlp.gate_proj, mlp.up_proj], [mlp.down_proj]]
-            qkv, o, gate_up, down = (fuse_projections(group, pack, sorted(self.adapters)) for group in groups)
+            swiglu = None if self.adapters else fuse_swiglu(mlp.gate_proj, mlp.up_proj, pack)
+            qkv, o, gate_up, down = (fuse_projections(group, pack, sorted(self.adapters))
+                                     if group != groups[2] or swiglu is None else None for group in groups)
             self.layers.append(_Layer(layer.input_layernorm.weight, qkv, o, layer.post_attention_layernorm.weight,
-                                      gate_up, down))
+                                      gate_up, down, swiglu))
             fused.update(id(module) for group in groups for module in group)
         if any(hasattr(m, "lora_A") and id(m) not in fused for m in causal.modules()):
             raise TypeError("a LoRA adapter on layers other than the attention and MLP projections")
         head = causal.get_output_embeddings()
         self.head = None
         """The output embedding's weight prepacked for oneDNN (`logits`), or None (not bf16, a bias, no oneDNN)."""
-        if pack and type(head) is nn.Linear and head.bias is None and _packable(head.weight.dtype):
+        if pack and type(head) is nn.Linear and head.bias is None and packable(head.weight.dtype):
             self.head = torch.ops.mkldnn._reorder_linear_weight(head.weight.detach())
         self._sources = [p for p in model.parameters()]
         self._versions = self._weight_versions()
@@ -312,9 +198,16 @@ class LeanForward:
             attended = attended.reshape(rows * q, -1)
             if real is not None:
                 attended = attended.index_select(0, real)
-            hidden.add_(layer.o(attended, groups))  # in place: no fresh buffer per layer
-            gate, up = layer.gate_up(self._norm(hidden, layer.post_norm), groups).split(self.intermediate, dim=-1)
-            hidden.add_(layer.down(F.silu(gate).mul_(up), groups))
+            if layer.o.packed and not groups:  # the residual sums as the matmuls' post-ops
+                hidden = layer.o.add_to(attended, hidden)
+            else:
+                hidden.add_(layer.o(attended, groups))  # in place: no fresh buffer per layer
+            normed = self._norm(hidden, layer.post_norm)
+            if layer.swiglu is not None:
+                hidden = layer.down.add_to(layer.swiglu(normed), hidden)
+            else:
+                gate, up = layer.gate_up(normed, groups).split(self.intermediate, dim=-1)
+                hidden.add_(layer.down(F.silu(gate).mul_(up), groups))
         if real is not None:
             hidden = hidden.new_zeros((rows * q, hidden.shape[-1])).index_copy_(0, real, hidden)
         return self._norm(hidden.view(rows, q, -1)[:, -keep:], self.final_norm)
@@ -378,7 +271,7 @@ def prepare_lean(model: nn.Module) -> bool:
     layers = getattr(getattr(causal, "model", None), "layers", None)
     size = sum(p.numel() * p.element_size() for p in layers.parameters()) if layers is not None else 0
     head = causal.get_output_embeddings()
-    if isinstance(head, nn.Linear) and _packable(head.weight.dtype):  # its prepacked copy (`LeanForward.head`)
+    if isinstance(head, nn.Linear) and packable(head.weight.dtype):  # its prepacked copy (`LeanForward.head`)
         size += head.weight.numel() * head.weight.element_size()
     available = available_memory()
     if available is not None and 2 * size > available:

@@ -11,6 +11,7 @@ from tasktune.evaluate.byte_grammar import DRAFT_BYTES
 from tasktune.evaluate.copy_inline import CopyInlineConstraint
 from tasktune.evaluate.copy_span import CopySpanConstraint
 from tasktune.evaluate.generate import generate_texts
+from tasktune.evaluate.mention_guess import BracketRecord
 from tasktune.model.decode import Decoder
 
 LABELS = ["PER", "LOC", "ORG"]
@@ -88,3 +89,22 @@ def test_copy_drafts_change_no_reply_and_take_fewer_passes(noisy_llama, monkeypa
     without, with_drafts = decoders
     assert without.drafted == 0 and with_drafts.accepted > 0
     assert with_drafts.forward_passes < without.forward_passes
+
+
+def test_rows_stop_guessing_brackets_while_the_model_writes_fewer_than_half_of_them(smol_tokenizer):
+    text = "Fans in Lake Geneva cheered."
+    record = BracketRecord()
+    first = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2], record)
+    guessed = first.draft((), 8)
+    assert guessed == ids(smol_tokenizer, "Fans in [Lake Geneva|")
+    copied = tuple(ids(smol_tokenizer, "Fans in Lake"))  # the model copied the word: the `[` missed
+    first.draft(copied, 8)
+    assert (record.held, record.missed) == (0, 1)
+    second = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2], record)  # another row of the evaluation
+    second.draft((), 8)
+    second.draft(tuple(ids(smol_tokenizer, "Fans in [Lake")), 8)  # this one held
+    assert (record.held, record.missed) == (1, 1) and record.worth_it
+    record.missed = 3  # more missed than held (one free hit to start): plain copies for every row
+    assert not record.worth_it
+    assert second.draft((), 8) == ids(smol_tokenizer, text)[:8]
+    assert second.draft(tuple(ids(smol_tokenizer, "Fans in [Lake")), 3) == ids(smol_tokenizer, " Geneva cheered.")[:3]

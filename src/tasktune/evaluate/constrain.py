@@ -178,8 +178,10 @@ def enforcer_data(tokenizer):
     return data
 
 
-def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int]) -> SuffixConstraint:
-    """The processor for a task's `output_constraint` (or per-row `row_constraint`) spec."""
+def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int], record: Any = None
+                     ) -> SuffixConstraint:
+    """The processor for a task's `output_constraint` (or per-row `row_constraint`) spec; `record`: the
+    BracketRecord that copy-constrained NER rows share (evaluate/mention_guess.py), one per row when None."""
     kind = spec.get("type")
     if kind == "choice":
         return ChoiceConstraint(tokenizer, spec["choices"], stop_ids)
@@ -188,7 +190,7 @@ def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int]) -
     if kind == "copy_inline":
         from tasktune.evaluate.copy_inline import CopyInlineConstraint
 
-        return CopyInlineConstraint(tokenizer, spec["text"], spec["labels"], stop_ids)
+        return CopyInlineConstraint(tokenizer, spec["text"], spec["labels"], stop_ids, record)
     if kind == "copy_span":
         from tasktune.evaluate.copy_span import CopySpanConstraint
 
@@ -200,16 +202,20 @@ def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int]) -
 class RowConstraints(SuffixConstraint):
     """One constraint (or None: free text) per conversation; each row of a batch is masked by its own.
 
-    Identical specs share one processor (a label set, a schema); `start` must name the batch's rows."""
+    Identical specs share one processor (a label set, a schema), and copy-constrained NER rows one record of
+    how their guessed brackets fared; `start` must name the batch's rows."""
 
     def __init__(self, specs: Sequence[dict[str, Any] | None], tokenizer, stop_ids: Sequence[int]):
+        from tasktune.evaluate.mention_guess import BracketRecord
+
         super().__init__(stop_ids)
         built: dict[str, SuffixConstraint] = {}
         self.by_row: list[SuffixConstraint | None] = []
+        record = BracketRecord()
         for spec in specs:
             key = json.dumps(spec, sort_keys=True, ensure_ascii=False) if spec else ""
             if spec and key not in built:
-                built[key] = build_constraint(spec, tokenizer, stop_ids)
+                built[key] = build_constraint(spec, tokenizer, stop_ids, record)
             self.by_row.append(built[key] if spec else None)
         self.active: list[SuffixConstraint | None] = []
 

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 
 from tasktune.config.schema import ConfigError
 from tasktune.evaluate.byte_grammar import SPACE, ByteGrammarConstraint, token_table
-from tasktune.evaluate.mention_guess import guess_mentions, says_nothing
+from tasktune.evaluate.mention_guess import BracketRecord, guess_mentions, says_nothing
 from tasktune.tasks.ner_formats import cuts_word
 
 __all__ = ["CopyInlineConstraint", "token_table", "word_edges"]
 
+_BRACKETS = frozenset(b"[|")
 State = tuple
 """("copy", j) | ("mention", j, start) | ("label", j, prefix bytes): j = bytes of the text read so far."""
 
@@ -40,7 +41,8 @@ def word_edges(text: str) -> list[bool]:
 class CopyInlineConstraint(ByteGrammarConstraint):
     """The input `text` copied, with `[span|LABEL]` around mentions (labels from `labels`), then a stop."""
 
-    def __init__(self, tokenizer, text: str, labels: Sequence[str], stop_ids: Sequence[int]):
+    def __init__(self, tokenizer, text: str, labels: Sequence[str], stop_ids: Sequence[int],
+                 record: BracketRecord | None = None):
         if not labels:
             raise ConfigError("copy-constrained inline NER needs task.labels")
         super().__init__(tokenizer, frozenset({("copy", 0)}), stop_ids)
@@ -49,6 +51,10 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         self.edge = word_edges(text)
         self._guesses = not says_nothing(text)
         """Whether drafts guess brackets from capitals (evaluate/mention_guess.py)."""
+        self.record = record or BracketRecord()
+        """How the guessed `[` fared, shared by the rows of one evaluation (`RowConstraints`)."""
+        self._pending: tuple[int, list[int], int] | None = None
+        """The last draft with a guessed bracket: (reply length then, its tokens, the index of the bracket)."""
 
     # ---- the grammar ----
 
@@ -76,6 +82,26 @@ class CopyInlineConstraint(ByteGrammarConstraint):
                     moves.setdefault(label[len(prefix)], []).append(("label", j, label[: len(prefix) + 1]))
         return moves  # type: ignore[return-value]
 
+    def draft(self, generated: tuple[int, ...], k: int) -> list[int]:
+        """`ByteGrammarConstraint.draft`, and the fate of this row's last guessed bracket counted in `record`
+        once the reply has reached it (kept up to it: the model's token there is known)."""
+        if self._pending is not None:
+            start, guessed, at = self._pending
+            if len(generated) > start + at:
+                self._pending = None
+                if list(generated[start:start + at]) == guessed[:at]:
+                    if generated[start + at] == guessed[at]:
+                        self.record.held += 1
+                    else:
+                        self.record.missed += 1
+        tokens = super().draft(generated, k)
+        if self._pending is None:
+            at = next((n for n, token in enumerate(tokens) if _BRACKETS & set(self.table.by_id.get(token, b""))),
+                      None)
+            if at is not None:
+                self._pending = (len(generated), tokens, at)
+        return tokens
+
     def _continuation(self, states: frozenset[State]) -> bytes | None:
         """Copying (in or out of a mention): the rest of the text with guessed brackets (`_guess`); in a label
         that only one label completes: the rest of it, `]`, then the same."""
@@ -91,8 +117,8 @@ class CopyInlineConstraint(ByteGrammarConstraint):
 
     def _guess(self, j: int, in_mention: bool) -> bytes:
         """The rest of the text from byte j with the brackets `guess_mentions` expects; the plain rest where
-        capitals say nothing or j stands inside a character."""
-        if not self._guesses:
+        capitals say nothing, the evaluation's guessed brackets did not pay, or j stands inside a character."""
+        if not self._guesses or not self.record.worth_it:
             return self.text[j:]
         try:
             head, rest = self.text[:j].decode(), self.text[j:].decode()

@@ -52,7 +52,7 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         self._guesses = not says_nothing(text)
         """Whether drafts guess brackets from capitals (evaluate/mention_guess.py)."""
         self.record = record or BracketRecord()
-        """How the guessed `[` fared, shared by the rows of one evaluation (`RowConstraints`)."""
+        """How the guessed brackets fared, shared by the rows of one evaluation (`RowConstraints`)."""
         self._pending: tuple[int, list[int], int] | None = None
         """The last draft with a guessed bracket: (reply length then, its tokens, the index of the bracket)."""
 

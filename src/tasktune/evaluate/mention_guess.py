@@ -10,9 +10,9 @@ A bracket guessed where the model copies the text instead ends the run where a p
 so the rows of one evaluation keep a shared count (`BracketRecord`) of how their guessed brackets fared, and
 copy plainly while the model writes fewer than half of them (a model that leaves most capitalized words
 plain or writes mentions of other shapes, text full of capitalized words that are no mentions: the demo
-adapter on CoNLL-2003 sentences took 49 forward passes with guesses against 33 without). Drafts are
-verified: a wrong guess costs its positions in one pass, never a different reply.
-Text without capitals (Chinese) or mostly in capitals (headlines) is copied plainly (`says_nothing`).
+adapter on 80 CoNLL-2003 sentences: 49 forward passes with unguarded guesses, 34 with the count, 33 plain).
+Drafts are verified: a wrong guess costs its positions in one pass, never a different reply. Text without
+capitals (Chinese) or mostly in capitals (headlines) is copied plainly (`says_nothing`).
 """
 
 from __future__ import annotations

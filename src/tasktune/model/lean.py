@@ -89,9 +89,9 @@ class LeanForward:
             attention, mlp = layer.self_attn, layer.mlp
             groups = [[attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
                       [mlp.gate_proj, mlp.up_proj], [mlp.down_proj]]
+            qkv, o, down = (fuse_projections(groups[n], pack, sorted(self.adapters)) for n in (0, 1, 3))
             swiglu = None if self.adapters else fuse_swiglu(mlp.gate_proj, mlp.up_proj, pack)
-            qkv, o, gate_up, down = (fuse_projections(group, pack, sorted(self.adapters))
-                                     if group != groups[2] or swiglu is None else None for group in groups)
+            gate_up = fuse_projections(groups[2], pack, sorted(self.adapters)) if swiglu is None else None
             self.layers.append(_Layer(layer.input_layernorm.weight, qkv, o, layer.post_attention_layernorm.weight,
                                       gate_up, down, swiglu))
             fused.update(id(module) for group in groups for module in group)

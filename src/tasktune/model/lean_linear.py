@@ -4,7 +4,9 @@ plus LoRA deltas kept factored, and the additions and activations around them as
 - `FusedProjection`: several projections of one input as one matmul (q, k and v; gate and up), a folded LoRA
   delta as two more (all its down-projections stacked, then the up-projections as one block-diagonal matrix
   whose zero blocks add exact zeros), and each named peft adapter's pair over the rows that name it (S-LoRA's
-  idea on a small scale).
+  idea on a small scale). Prepacked, a folded delta's up-projections are extra columns of the main matmul
+  instead, its down-projections' outputs appended to the input (`appended`): one matmul and one addition
+  fewer.
 - `FusedProjection.add_to`: the residual stream plus a projection (o, down) with the sum done by the matmul
   (oneDNN's `add` post-op) instead of another pass over the hidden states.
 - `SwiGLU`: the MLP's `silu(gate(x)) * up(x)` as two matmuls whose post-ops apply the SiLU and the product,

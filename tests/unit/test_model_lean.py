@@ -27,12 +27,13 @@ def _assert_like_transformers(got, expected, reference, dtype):
     """float32: transformers' numbers up to summation order. bf16: at least about as close to the same weights'
     float32 forward (`reference`) as transformers' bf16 forward (`expected`) is: the lean forward's fused
     post-ops round once where transformers rounds twice (the demo adapter's bf16 errors: mean 0.0058 against
-    0.0070), and a padded key left visible or a delta left out is off by ~1."""
+    0.0070; the slack is a bf16 rounding step at the model's scale, for other CPUs' kernels), and a padded key
+    left visible or a delta left out is off by ~1."""
     if dtype == torch.float32:
         torch.testing.assert_close(got, expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
         return
     ours, theirs = (got.float() - reference).abs(), (expected.float() - reference).abs()
-    assert ours.mean() <= 1.5 * theirs.mean() + 1e-3, (ours.mean(), theirs.mean())
+    assert ours.mean() <= 1.5 * theirs.mean() + 5e-3, (ours.mean(), theirs.mean())
     assert ours.max() <= 2 * theirs.max() + TOLERANCE[dtype], (ours.max(), theirs.max())
 
 

@@ -84,7 +84,8 @@ class CopyInlineConstraint(ByteGrammarConstraint):
 
     def draft(self, generated: tuple[int, ...], k: int) -> list[int]:
         """`ByteGrammarConstraint.draft`, and the fate of this row's last guessed bracket counted in `record`
-        once the reply has reached it (kept up to it: the model's token there is known)."""
+        once the reply has reached it (kept up to it: the model's token there is known). Rows with the same
+        text share one constraint, and so its pending guess: the count steers guesses, never replies."""
         if self._pending is not None:
             start, guessed, at = self._pending
             if len(generated) > start + at:

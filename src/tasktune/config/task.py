@@ -241,9 +241,9 @@ class EvalConfig:
     hence off by default. 0: one token per pass."""
     copy_drafts: int = 3
     """Tokens a greedy row may guess per forward pass from the text its constraint copies (constrained inline
-    NER: the rest of the sentence, or of a label once one is left; QA: the rest of the context within a
-    span). Checked in the same pass like `draft_tokens`, same answers; most guesses hold, so they pay on a
-    full batch too. 0: one token per pass."""
+    NER: the rest of the sentence with brackets around the next run of capitalized words, or of a label once
+    one is left; QA: the rest of the context within a span). Checked in the same pass like `draft_tokens`,
+    same answers; most guesses hold, so they pay on a full batch too. 0: one token per pass."""
     scoring: str = "generate"
     """classify only: generate (decode a label) | loglik (pick the label with the highest log-likelihood)."""
     during_training_limit: int = 200

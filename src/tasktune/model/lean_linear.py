@@ -76,9 +76,7 @@ class FusedProjection:
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """`x`, with the outputs of the `appended` down-projections after its columns where there are some."""
-        if self.appended is None:
-            return x
-        return torch.cat([x, self._linear(x, self.appended, None)], dim=1)
+        return x if self.appended is None else _with_down(x, self.appended)
 
     def __call__(self, x: torch.Tensor, groups: Sequence[tuple[str, torch.Tensor | None]] = ()) -> torch.Tensor:
         """The projections of `x` [positions, in]; `groups`: (adapter name, the positions that use it, None for
@@ -97,7 +95,6 @@ class FusedProjection:
             else:
                 y.index_add_(0, index, self._low_rank(x.index_select(0, index), stack))
         return y
-
 
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """`residual` + the projections of `x`, the sum done by the matmul (its `add` post-op): a new tensor.
@@ -122,7 +119,7 @@ class SwiGLU:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.down is not None:
-            x = torch.cat([x, torch.ops.mkldnn._linear_pointwise(x, self.down, None, "none", [], "")], dim=1)
+            x = _with_down(x, self.down)
         gate = torch.ops.mkldnn._linear_pointwise(x, self.gate, None, "swish", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, gate, self.up, None, "mul")
 
@@ -130,31 +127,44 @@ class SwiGLU:
 def fuse_swiglu(gate: nn.Module, up: nn.Module, pack: bool) -> SwiGLU | None:
     """The `SwiGLU` of an MLP's gate and up projections (each an nn.Linear or a LowRankDelta over one), or
     None where its post-ops cannot serve (weights that cannot be prepacked, biases, anything else)."""
-    parts = []
-    for layer in (gate, up):
-        if isinstance(layer, LowRankDelta) and type(layer.base) is nn.Linear and layer.up_bias is None:
-            parts.append((layer.base, layer.down.detach(), layer.up.detach()))
-        elif type(layer) is nn.Linear:
-            parts.append((layer, None, None))
-        else:
-            return None
-    dtype = parts[0][0].weight.dtype
-    if not (pack and packable(dtype)) or any(base.bias is not None for base, _, _ in parts):
+    parts = [_folded(layer) for layer in (gate, up)]
+    if any(part is None for part in parts):
         return None
-    downs = [down.to(dtype) for _, down, _ in parts if down is not None]
-    ranks = sum(down.shape[0] for down in downs)
-    weights, column = [], 0
-    for base, down, factor_up in parts:
-        weight = base.weight.detach()
-        if ranks:
-            appended = weight.new_zeros((weight.shape[0], ranks))
-            if down is not None:
-                appended[:, column:column + down.shape[0]] = factor_up.to(dtype)
-                column += down.shape[0]
-            weight = torch.cat([weight, appended], dim=1)
-        weights.append(torch.ops.mkldnn._reorder_linear_weight(weight))
-    stacked = torch.ops.mkldnn._reorder_linear_weight(torch.cat(downs)) if ranks else None
-    return SwiGLU(stacked, *weights)
+    bases, folded = [base for base, _ in parts], [delta for _, delta in parts]
+    if not (pack and packable(bases[0].weight.dtype)) or any(base.bias is not None for base in bases):
+        return None
+    delta = _stack(bases, folded, False)  # its block-diagonal up-projection: the gate's rows, then up's
+    if delta is not None and delta.up_bias is not None:
+        return None
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    weights = [base.weight.detach() for base in bases]
+    if delta is None:
+        return SwiGLU(None, *(reorder(weight) for weight in weights))
+    rows = bases[0].out_features
+    return SwiGLU(reorder(delta.down), reorder(torch.cat([weights[0], delta.up[:rows]], dim=1)),
+                  reorder(torch.cat([weights[1], delta.up[rows:]], dim=1)))
+
+
+def _with_down(x: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """[x, down(x)] (`down` prepacked): the input of a matmul whose weight holds a delta's up-projections as
+    extra columns."""
+    return torch.cat([x, torch.ops.mkldnn._linear_pointwise(x, down, None, "none", [], "")], dim=1)
+
+
+def _folded(layer: nn.Module) -> tuple[nn.Linear, tuple | None] | None:
+    """(base Linear, (down, scaled up, up bias) of a folded delta or None) of an nn.Linear or a LowRankDelta over
+    one; None for anything else."""
+    if isinstance(layer, LowRankDelta) and type(layer.base) is nn.Linear:
+        bias = None if layer.up_bias is None else layer.up_bias.detach()
+        return layer.base, (layer.down.detach(), layer.up.detach(), bias)
+    if type(layer) is nn.Linear:
+        return layer, None
+    return None
+
+
+def _prepacked(stack: LowRankStack) -> LowRankStack:
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    return LowRankStack(reorder(stack.down), reorder(stack.up), stack.up_bias)
 
 
 def _stack(bases: Sequence[nn.Linear], factors: Sequence[tuple | None], pack: bool) -> LowRankStack | None:
@@ -177,9 +187,8 @@ def _stack(bases: Sequence[nn.Linear], factors: Sequence[tuple | None], pack: bo
         up_bias = torch.cat([f[2].to(dtype) if f is not None and f[2] is not None
                              else torch.zeros(b.out_features, dtype=dtype)
                              for b, f in zip(bases, factors, strict=True)])
-    if pack:
-        down, up = torch.ops.mkldnn._reorder_linear_weight(down), torch.ops.mkldnn._reorder_linear_weight(up)
-    return LowRankStack(down, up, up_bias)
+    stack = LowRankStack(down, up, up_bias)
+    return _prepacked(stack) if pack else stack
 
 
 def fuse_projections(layers: Sequence[nn.Module], pack: bool, adapters: Sequence[str] = ()) -> FusedProjection:
@@ -187,14 +196,11 @@ def fuse_projections(layers: Sequence[nn.Module], pack: bool, adapters: Sequence
     peft LoRA Linear whose named `adapters` become per-row deltas (TypeError for anything else)."""
     bases, folded, named = [], [], {name: [] for name in adapters}
     for layer in layers:
-        delta, lora = None, False
-        if isinstance(layer, LowRankDelta) and type(layer.base) is nn.Linear:
-            base, delta = layer.base, (layer.down.detach(), layer.up.detach(),
-                                       None if layer.up_bias is None else layer.up_bias.detach())
-        elif type(layer) is nn.Linear:
-            base = layer
+        plain, lora = _folded(layer), False
+        if plain is not None:
+            base, delta = plain
         elif hasattr(layer, "lora_A") and type(getattr(layer, "base_layer", None)) is nn.Linear:
-            base, lora = layer.base_layer, True
+            base, delta, lora = layer.base_layer, None, True
         else:
             raise TypeError(f"{type(layer).__name__} cannot be fused")
         for name, factors in named.items():
@@ -218,9 +224,7 @@ def fuse_projections(layers: Sequence[nn.Module], pack: bool, adapters: Sequence
         return FusedProjection(reorder(weight), bias, None, {}, True, reorder(delta.down))
     if packed:
         weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-        if delta is not None:
-            delta = LowRankStack(torch.ops.mkldnn._reorder_linear_weight(delta.down),
-                                 torch.ops.mkldnn._reorder_linear_weight(delta.up), delta.up_bias)
+        delta = None if delta is None else _prepacked(delta)
     stacks = {name: _stack(bases, factors, packed) for name, factors in named.items()}
     return FusedProjection(weight, bias, delta, {name: stack for name, stack in stacks.items() if stack is not None},
                            packed)

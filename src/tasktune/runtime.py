@@ -16,8 +16,12 @@ start-up.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 THREADS_ENV = "TASKTUNE_THREADS"
 
@@ -30,6 +34,32 @@ def set_wait_policy() -> None:
     """Brief OpenMP spinning unless the user chose a policy or a spin count; no effect once torch is loaded."""
     if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+_frozen = 0
+_frozen_lock = threading.Lock()
+
+
+@contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Keep the objects that exist when the block starts out of Python's cyclic garbage collector until it ends.
+
+    A loaded model and tokenizer hold 300-560k tracked objects (SmolLM2: modules, vocabularies, the
+    constraints' tables), and a full collection scans them all: 0.15-0.28 s here, several times in an
+    evaluation, wherever the allocations (a token table, the prompts, the parsed replies) happened to trigger
+    one. Frozen, they are skipped; the collections that still run scan the young objects only. Blocks nest
+    (across threads too): the last one to end unfreezes."""
+    global _frozen
+    with _frozen_lock:
+        gc.freeze()
+        _frozen += 1
+    try:
+        yield
+    finally:
+        with _frozen_lock:
+            _frozen -= 1
+            if not _frozen:
+                gc.unfreeze()
 
 
 ALLOCATOR_ENV = "TASKTUNE_ALLOCATOR"

@@ -11,6 +11,7 @@ from conftest import allowed_along_a_walk, random_reply
 
 from tasktune.config.schema import Config
 from tasktune.config.task import EvalConfig, TaskConfig
+from tasktune.evaluate.byte_grammar import piece_bytes
 from tasktune.evaluate.constrain import RowConstraints, build_constraint
 from tasktune.evaluate.copy_inline import CopyInlineConstraint, token_table
 from tasktune.evaluate.generate import generate_texts
@@ -42,6 +43,20 @@ def test_allowed_tokens_are_exactly_those_the_grammar_reads(smol_tokenizer):
     assert isinstance(constraint, CopyInlineConstraint)
     assert constraint.table is table
     allowed_along_a_walk(constraint, random.Random(0))  # a few states of a random walk, each against every token
+
+
+def test_token_bytes_of_the_whole_vocabulary_match_the_piece_by_piece_reading(smol_tokenizer):
+    pieces = [p or "" for p in smol_tokenizer.convert_ids_to_tokens(list(range(len(smol_tokenizer))))]
+    fast = piece_bytes(pieces, byte_level=True)  # one translate of the whole vocabulary
+    # a piece outside the byte-level alphabet sends every piece through the character-by-character reading
+    slow = piece_bytes([*pieces, "x\u2603"], byte_level=True)
+    assert slow[-1] is None and fast == slow[:-1]
+    table = token_table(smol_tokenizer)
+    geneva = smol_tokenizer.convert_tokens_to_ids("ĠGeneva")
+    assert table.by_id[geneva] == b" Geneva" and table.by_id[smol_tokenizer.convert_tokens_to_ids("Ċ")] == b"\n"
+    assert len({len(p.encode()) for p in pieces}) > 1 and sum(len(b or b"") for b in fast) > len(pieces)
+    # SentencePiece pieces: the word marker is a space, <0xNN> a byte
+    assert piece_bytes(["\u2581Hello", "<0x0A>", ""], byte_level=False) == [b" Hello", b"\n", None]
 
 
 def test_random_walks_always_give_a_copy_that_parses(smol_tokenizer):

@@ -52,27 +52,46 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(shown, chars, strict=True)}
 
 
+def piece_bytes(pieces: list[str], byte_level: bool) -> list[bytes | None]:
+    """Each token piece's bytes, None where a piece has none (empty, or characters outside the byte-level
+    alphabet). Byte-level pieces go through one `str.translate` of all of them (each shown character is one
+    byte), not a loop over characters: SmolLM2's table of 49k tokens, built by each evaluation, 0.15 -> 0.08 s."""
+    decoder = _byte_decoder()
+    joined = "".join(pieces)
+    if byte_level and set(joined) <= decoder.keys():
+        data = joined.translate({ord(c): b for c, b in decoder.items()}).encode("latin-1")
+        out: list[bytes | None] = []
+        at = 0
+        for piece in pieces:
+            out.append(data[at:at + len(piece)] or None)
+            at += len(piece)
+        return out
+    out = []
+    for piece in pieces:
+        hex_byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+        if not piece:
+            out.append(None)
+        elif byte_level and all(c in decoder for c in piece):
+            out.append(bytes(decoder[c] for c in piece))
+        elif hex_byte:
+            out.append(bytes([int(hex_byte.group(1), 16)]))
+        else:
+            out.append(None if byte_level else piece.replace("\u2581", " ").encode())
+    return out
+
+
 def token_table(tokenizer) -> TokenTable:
     """The byte string of every regular token (byte-level BPE or SentencePiece pieces), built once."""
     if tokenizer in _TABLES:
         return _TABLES[tokenizer]
-    decoder = _byte_decoder()
     backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
     byte_level = "ByteLevel" in repr(backend)
     special = set(tokenizer.all_special_ids)
+    pieces = [piece or "" for piece in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
     grouped: dict[bytes, list[int]] = defaultdict(list)
     by_id = {}
-    for token, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if token in special or not piece:
-            continue
-        hex_byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
-        if byte_level and all(c in decoder for c in piece):
-            data = bytes(decoder[c] for c in piece)
-        elif hex_byte:
-            data = bytes([int(hex_byte.group(1), 16)])
-        elif not byte_level:
-            data = piece.replace("\u2581", " ").encode()
-        else:
+    for token, data in enumerate(piece_bytes(pieces, byte_level)):
+        if data is None or token in special:
             continue
         grouped[data].append(token)
         by_id[token] = data

@@ -30,6 +30,7 @@ from tasktune.evaluate.report import (
     write_jsonl,
     write_outputs,
 )
+from tasktune.runtime import frozen_gc
 from tasktune.tasks import get_task, resolve_labels, task_rows
 
 DEFAULT_MAX_NEW_TOKENS = {"ner": 256, "classify": 16, "qa": 64, "mt": 256}
@@ -193,6 +194,7 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
 
 
+@frozen_gc()  # the model's and tokenizer's objects stay out of full collections (runtime.frozen_gc)
 def predict(cfg: Config, spec: TaskConfig, model, tokenizer, rows: list[Any], progress: bool = True,
             generator: Callable[..., Any] | None = None, split_across_ranks: bool = False) -> Scored:
     """Generate (or pick by log-likelihood) an answer for every row, parse it and score the lot.

@@ -19,7 +19,6 @@ Rows may use different LoRA adapters of one peft model in the same forward pass 
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tasktune.model.lookup import row_drafts
 from tasktune.model.prefix_store import CachedPrefix, PrefixStore, prefix_tensors
 from tasktune.model.request import BASE_ADAPTER, Request
 from tasktune.model.sampling import only_stops, pick_tokens
+from tasktune.runtime import frozen_gc
 
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2", "smollm3"})
 """Model types whose logits are exactly `lm_head(hidden)`: the decoder may score a constrained row's allowed
@@ -106,19 +106,16 @@ class Decoder:
     def run(self, requests: Sequence[Request], progress: Callable[[Request], None] | None = None) -> None:
         """Generate every request to its end; `progress` is called as each one finishes.
 
-        The objects that exist before (the model's modules, the tokenizer's and constraints' tables: ~560k for
-        SmolLM2) are frozen out of Python's cyclic garbage collector meanwhile: a full collection scanning them
-        took 0.28 s, a tenth of the demo evaluation, in about one run of three."""
+        The objects that exist before (the model's modules, the tokenizer's and constraints' tables) are frozen
+        out of Python's cyclic garbage collector meanwhile (`runtime.frozen_gc`): a full collection scanning
+        them took 0.28 s, a tenth of the demo evaluation, in about one run of three."""
         for request in requests:
             self.add(request)
-        gc.freeze()
-        try:
+        with frozen_gc():
             while self.busy:
                 for request in self.step():
                     if progress:
                         progress(request)
-        finally:
-            gc.unfreeze()
 
     @torch.inference_mode()
     def step(self) -> list[Request]:

@@ -12,6 +12,7 @@ from tasktune.evaluate.copy_inline import CopyInlineConstraint
 from tasktune.evaluate.copy_span import CopySpanConstraint
 from tasktune.evaluate.generate import generate_texts
 from tasktune.evaluate.mention_guess import BracketRecord
+from tasktune.model import decode
 from tasktune.model.decode import Decoder
 
 LABELS = ["PER", "LOC", "ORG"]
@@ -89,6 +90,41 @@ def test_copy_drafts_change_no_reply_and_take_fewer_passes(noisy_llama, monkeypa
     without, with_drafts = decoders
     assert without.drafted == 0 and with_drafts.accepted > 0
     assert with_drafts.forward_passes < without.forward_passes
+
+
+def test_a_reply_ends_where_the_grammar_allows_nothing_but_a_stop(smol_tokenizer):
+    text = "Maria Lopez flew to Madrid."
+    inline = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2])
+    assert inline.ends_after(tuple(ids(smol_tokenizer, text)))
+    assert inline.ends_after(tuple(ids(smol_tokenizer, "[Maria Lopez|PER] flew to [Madrid|LOC].")))
+    for unfinished in ("Maria Lopez flew to Madrid", "[Maria Lopez|PER] flew to [Madrid|LOC]", "Maria"):
+        assert not inline.ends_after(tuple(ids(smol_tokenizer, unfinished)))
+    assert not inline.ends_after(tuple(ids(smol_tokenizer, "Maria Lopez flew to Madrid!")))  # left the grammar
+    span = CopySpanConstraint(smol_tokenizer, "built by Gustave Eiffel.", [2])
+    assert span.ends_after(tuple(ids(smol_tokenizer, "Gustave Eiffel.")))  # the context's end
+    assert not span.ends_after(tuple(ids(smol_tokenizer, "Gustave Eiffel")))  # may stop or go on
+
+
+def test_a_draft_that_ends_the_reply_is_verified_without_its_last_position(noisy_llama, monkeypatch):
+    model, tokenizer = noisy_llama
+    computed: list[int] = []
+    forward = Decoder._forward
+
+    def count(self, input_ids, mask, *args, **kwargs):
+        computed.append(int(mask[:, -input_ids.shape[1]:].sum()))
+        return forward(self, input_ids, mask, *args, **kwargs)
+
+    monkeypatch.setattr(Decoder, "_forward", count)
+    texts = ["Maria Lopez flew to Madrid.", "the team met Acme Corp on Monday", "Lopez flew"]
+    conversations = [[{"role": "user", "content": f"Copy: {t}"}] for t in texts]
+    constraint = [{"type": "copy_inline", "text": t, "labels": LABELS} for t in texts]
+    trimmed = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, copy_drafts=40)
+    positions = sum(computed)
+    computed.clear()
+    monkeypatch.setattr(decode, "_ends_after", lambda request, draft: False)
+    whole = generate_texts(model, tokenizer, conversations, 40, 3, constraint, False, copy_drafts=40)
+    assert trimmed.texts == whole.texts and trimmed.generated_tokens == whole.generated_tokens
+    assert positions < sum(computed)
 
 
 def test_rows_stop_guessing_brackets_while_the_model_writes_fewer_than_half_of_them(smol_tokenizer):

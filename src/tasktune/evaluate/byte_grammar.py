@@ -172,6 +172,12 @@ class ByteGrammarConstraint(SuffixConstraint):
         self._states[generated] = states
         return states
 
+    def ends_after(self, generated: tuple[int, ...]) -> bool:
+        """Whether only a stop token may follow `generated`: the grammar is complete there and reads no further
+        byte (the decoder computes no position for such a last token: model/decode.py)."""
+        states = self.states_after(generated)
+        return bool(states) and self.complete(states) and not self._step(states)
+
     # ---- tokens ----
 
     def allowed(self, generated: tuple[int, ...]) -> Sequence[int]:

@@ -272,17 +272,22 @@ class Decoder:
     def _decode_drafted(self, drafts: list[list[int]]) -> None:
         """One forward pass over each row's last token and its draft; each row keeps the draft tokens its own
         greedy choice confirms, then the first token it chose differently (or its end). The columns of the
-        rest are masked out of the cache: they become holes like left padding."""
+        rest are masked out of the cache: they become holes like left padding. A draft that ends the row's
+        reply (its constraint allows only a stop after it) is verified without a position of its last token:
+        that position's next token is known, and its key and value would never be read."""
         b = self.batch
-        width = 1 + max(len(d) for d in drafts)
+        inputs = [[int(b.last[i]), *(draft[:-1] if _ends_after(r, draft) else draft)]
+                  for i, (r, draft) in enumerate(zip(b.rows, drafts, strict=True))]
+        width = max(len(row) for row in inputs)
         ids = torch.full((len(b.rows), width), self.pad_id, dtype=torch.long)
         new_mask = torch.zeros((len(b.rows), width), dtype=b.mask.dtype)
-        for i, draft in enumerate(drafts):
-            ids[i, :1 + len(draft)] = torch.tensor([int(b.last[i]), *draft])
-            new_mask[i, :1 + len(draft)] = 0 if b.rows[i].done else 1
+        for i, row in enumerate(inputs):
+            ids[i, :len(row)] = torch.tensor(row)
+            new_mask[i, :len(row)] = 0 if b.rows[i].done else 1
         mask = torch.cat([b.mask, new_mask.to(self.device)], dim=1)
         positions = b.positions[:, None] + torch.arange(width, device=self.device)
         out = self._forward(ids.to(self.device), mask, positions, b.cache, self._adapter_names(b.rows), keep=width)
+        out = out[:, None] if width == 1 else out  # [rows, 1, ...]: every row's draft was its one last token
         kept = [0] * len(b.rows)  # draft tokens each row keeps
         last = b.last.clone()
         checking = list(range(len(b.rows)))
@@ -417,6 +422,12 @@ class Decoder:
             mask[:, first:], b.positions.index_select(0, index), b.last.index_select(0, index),
         )
         return newly
+
+
+def _ends_after(r: Request, draft: list[int]) -> bool:
+    """Whether `r`'s constraint allows only a stop token after its reply and `draft`."""
+    ends = getattr(r.constraint, "ends_after", None)
+    return bool(draft) and ends is not None and ends((*r.generated, *draft))
 
 
 def _running(rows: Sequence[Request], device: torch.device) -> torch.Tensor:

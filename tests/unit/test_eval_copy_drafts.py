@@ -128,19 +128,23 @@ def test_a_draft_that_ends_the_reply_is_verified_without_its_last_position(noisy
 
 
 def test_rows_stop_guessing_brackets_while_the_model_writes_fewer_than_half_of_them(smol_tokenizer):
-    text = "Fans in Lake Geneva cheered."
+    text = "Fans in Lake Geneva cheered on Sunday."
     record = BracketRecord()
     first = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2], record)
     guessed = first.draft((), 8)
     assert guessed == ids(smol_tokenizer, "Fans in [Lake Geneva|")
-    copied = tuple(ids(smol_tokenizer, "Fans in Lake"))  # the model copied the word: the `[` missed
+    on = tuple(ids(smol_tokenizer, "Fans in [Lake Geneva|LOC] cheered on"))
+    assert first.draft(on, 8) == ids(smol_tokenizer, " [Sunday|")
+    copied = tuple(ids(smol_tokenizer, "Fans in [Lake Geneva|LOC] cheered on Sunday"))  # the `[` missed
     first.draft(copied, 8)
-    assert (record.held, record.missed) == (0, 1)
-    second = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2], record)  # another row of the evaluation
+    assert (record.held, record.missed) == (1, 1) and record.declined == {"Sunday"}
+    second = CopyInlineConstraint(smol_tokenizer, "Rain in Oslo on Sunday.", LABELS, [2], record)  # another row
     second.draft((), 8)
-    second.draft(tuple(ids(smol_tokenizer, "Fans in [Lake")), 8)  # this one held
-    assert (record.held, record.missed) == (1, 1) and record.worth_it
+    # its `[` before Oslo missed too; the run declined in the first row is copied plainly
+    assert second.draft(tuple(ids(smol_tokenizer, "Rain in Oslo")), 8) == ids(smol_tokenizer, " on Sunday.")
+    assert (record.held, record.missed) == (1, 2) and record.declined == {"Sunday", "Oslo"}
     record.missed = 3  # more missed than held (one free hit to start): plain copies for every row
     assert not record.worth_it
-    assert second.draft((), 8) == ids(smol_tokenizer, text)[:8]
-    assert second.draft(tuple(ids(smol_tokenizer, "Fans in [Lake")), 3) == ids(smol_tokenizer, " Geneva cheered.")[:3]
+    third = CopyInlineConstraint(smol_tokenizer, text, LABELS, [2], record)
+    assert third.draft((), 8) == ids(smol_tokenizer, text)[:8]
+    assert third.draft(tuple(ids(smol_tokenizer, "Fans in [Lake")), 3) == ids(smol_tokenizer, " Geneva cheered")[:3]

@@ -9,20 +9,28 @@ TEXT = "Fans in Lake Geneva cheered for Hana Kobayashi-Ward on Friday."
 
 
 def test_the_next_run_of_capitalized_words_is_guessed_as_a_mention_up_to_its_label():
-    assert guess_mentions(TEXT, 0, False) == "Fans in [Lake Geneva|"
-    assert guess_mentions(TEXT, 7, False) == " [Lake Geneva|"
+    assert guess_mentions(TEXT, 0, False)[0] == "Fans in [Lake Geneva|"
+    assert guess_mentions(TEXT, 7, False)[0] == " [Lake Geneva|"
     after = TEXT.index(" cheered")
-    assert guess_mentions(TEXT, after, False) == " cheered for [Hana Kobayashi-Ward|"
+    assert guess_mentions(TEXT, after, False) == (" cheered for [Hana Kobayashi-Ward|", "Hana Kobayashi-Ward")
     # inside a mention the model opened, the run goes on to its end
-    assert guess_mentions(TEXT, TEXT.index(" Geneva"), True) == " Geneva|"
-    assert guess_mentions(TEXT, TEXT.index(" cheered"), True) == "|"  # the run ended: close it here
+    assert guess_mentions(TEXT, TEXT.index(" Geneva"), True) == (" Geneva|", None)
+    assert guess_mentions(TEXT, TEXT.index(" cheered"), True) == ("|", None)  # the run ended: close it here
 
 
 def test_a_sentence_opens_a_mention_only_with_a_run_of_two_words_and_the_plain_rest_ends_the_text():
-    assert guess_mentions("The museum was closed. It rained.", 0, False) == "The museum was closed. It rained."
-    assert guess_mentions("It was fine. Nora Quinn came.", 0, False) == "It was fine. [Nora Quinn|"
-    assert guess_mentions("Toronto is big", 0, False) == "Toronto is big"
-    assert guess_mentions("He saw Toronto", 0, False) == "He saw [Toronto|"
+    assert guess_mentions("The museum was closed. It rained.", 0, False)[0] == "The museum was closed. It rained."
+    assert guess_mentions("It was fine. Nora Quinn came.", 0, False)[0] == "It was fine. [Nora Quinn|"
+    assert guess_mentions("Toronto is big", 0, False)[0] == "Toronto is big"
+    assert guess_mentions("He saw Toronto", 0, False)[0] == "He saw [Toronto|"
+
+
+def test_runs_the_model_declined_are_copied_plainly():
+    declined = {"Lake Geneva", "Friday"}
+    assert guess_mentions(TEXT, 0, False, declined) == ("Fans in Lake Geneva cheered for [Hana Kobayashi-Ward|",
+                                                        "Hana Kobayashi-Ward")
+    assert guess_mentions(TEXT, TEXT.index(" on"), False, declined) == (" on Friday.", None)
+    assert guess_mentions(TEXT, TEXT.index(" on"), False, {"Geneva"}) == (" on [Friday|", "Friday")
 
 
 def test_capitals_say_nothing_without_any_or_in_a_headline():

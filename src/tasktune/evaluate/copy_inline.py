@@ -53,8 +53,10 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         """Whether drafts guess brackets from capitals (evaluate/mention_guess.py)."""
         self.record = record or BracketRecord()
         """How the guessed brackets fared, shared by the rows of one evaluation (`RowConstraints`)."""
-        self._pending: tuple[int, list[int], int] | None = None
-        """The last draft with a guessed bracket: (reply length then, its tokens, the index of the bracket)."""
+        self._pending: tuple[int, list[int], int, str | None] | None = None
+        """The last draft with a guessed bracket: (reply length then, its tokens, the index of the bracket, the
+        run it guessed `[` before)."""
+        self._run: str | None = None  # the run the last `_guess` put `[` before
 
     # ---- the grammar ----
 
@@ -87,7 +89,7 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         once the reply has reached it (kept up to it: the model's token there is known). Rows with the same
         text share one constraint, and so its pending guess: the count steers guesses, never replies."""
         if self._pending is not None:
-            start, guessed, at = self._pending
+            start, guessed, at, run = self._pending
             if len(generated) > start + at:
                 self._pending = None
                 if list(generated[start:start + at]) == guessed[:at]:
@@ -95,12 +97,15 @@ class CopyInlineConstraint(ByteGrammarConstraint):
                         self.record.held += 1
                     else:
                         self.record.missed += 1
+                        if run is not None:
+                            self.record.declined.add(run)
+        self._run = None
         tokens = super().draft(generated, k)
         if self._pending is None:
             at = next((n for n, token in enumerate(tokens) if _BRACKETS & set(self.table.by_id.get(token, b""))),
                       None)
             if at is not None:
-                self._pending = (len(generated), tokens, at)
+                self._pending = (len(generated), tokens, at, self._run)
         return tokens
 
     def _continuation(self, states: frozenset[State]) -> bytes | None:
@@ -125,7 +130,8 @@ class CopyInlineConstraint(ByteGrammarConstraint):
             head, rest = self.text[:j].decode(), self.text[j:].decode()
         except UnicodeDecodeError:
             return self.text[j:]
-        return guess_mentions(head + rest, len(head), in_mention).encode()
+        guess, self._run = guess_mentions(head + rest, len(head), in_mention, self.record.declined)
+        return guess.encode()
 
     def complete(self, states: frozenset[State]) -> bool:
         return ("copy", len(self.text)) in states

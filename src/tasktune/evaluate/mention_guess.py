@@ -11,11 +11,15 @@ so the rows of one evaluation keep a shared count (`BracketRecord`) of how their
 copy plainly while the model writes fewer than half of them (a model that leaves most capitalized words
 plain or writes mentions of other shapes, text full of capitalized words that are no mentions: the demo
 adapter on 80 CoNLL-2003 sentences: 49 forward passes with unguarded guesses, 34 with the count, 33 plain).
+The record also keeps the runs the model copied plainly where a row guessed `[` ("on [Sunday|" where the
+model wrote "on Sunday"): no row guesses them again.
 Drafts are verified: a wrong guess costs its positions in one pass, never a different reply. Text without
 capitals (Chinese) or mostly in capitals (headlines) is copied plainly (`says_nothing`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from tasktune.tasks.ner_formats import is_wordy
 
@@ -29,6 +33,8 @@ class BracketRecord:
     def __init__(self) -> None:
         self.held = 0
         self.missed = 0
+        self.declined: set[str] = set()
+        """Runs of capitalized words the model copied plainly where a row guessed a mention."""
 
     @property
     def worth_it(self) -> bool:
@@ -57,23 +63,24 @@ def _run_end(text: str, i: int) -> int:
     return i
 
 
-def guess_mentions(text: str, i: int, in_mention: bool) -> str:
-    """The reply's likely continuation from character `i` of `text`, inside a mention or not: the text, with
-    `[` before the next run of capitalized words (at a sentence's start only a run of two or more: "The" starts
-    most sentences) and `|` after it (or after the run a mention stands in); it ends at that `|`, where the
-    model chooses the label. The plain rest of the text where no run lies ahead."""
+def guess_mentions(text: str, i: int, in_mention: bool, declined: Collection[str] = ()) -> tuple[str, str | None]:
+    """The reply's likely continuation from character `i` of `text`, inside a mention or not, and the run it
+    guesses `[` before (None: none): the text, with `[` before the next run of capitalized words that is not
+    `declined` (at a sentence's start only a run of two or more: "The" starts most sentences) and `|` after it
+    (or after the run a mention stands in); it ends at that `|`, where the model chooses the label. The plain
+    rest of the text where no run lies ahead."""
     if in_mention:
-        return text[i:_run_end(text, i)] + "|"
+        return text[i:_run_end(text, i)] + "|", None
     out = []
     while i < len(text):
         if text[i].isupper() and (i == 0 or not is_wordy(text[i - 1])):
             end = _run_end(text, i)
             starts_sentence = text[:i].rstrip()[-1:] in ("", ".", "!", "?")
-            if not starts_sentence or end > _word_end(text, i):
-                return "".join(out) + "[" + text[i:end] + "|"
+            if (not starts_sentence or end > _word_end(text, i)) and text[i:end] not in declined:
+                return "".join(out) + "[" + text[i:end] + "|", text[i:end]
             out.append(text[i:end])
             i = end
             continue
         out.append(text[i])
         i += 1
-    return "".join(out)
+    return "".join(out), None

@@ -22,6 +22,28 @@ def test_stop_ids_include_im_end(tiny):
     assert 2 in stop_token_ids(model, tokenizer)
 
 
+class _Vocab:
+    """A tokenizer's id lookups only; unknown tokens map to the unknown id 1."""
+
+    eos_token_id = 0
+
+    def __init__(self, vocab: dict[str, int]):
+        self.vocab = vocab
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.vocab.get(token, 1)
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return {i: t for t, i in self.vocab.items()}.get(token_id, "<unk>")
+
+
+def test_stop_ids_add_the_end_of_turn_tokens_the_vocabulary_has_and_not_the_unknown_id(tiny):
+    model = tiny[0]
+    eos = model.generation_config.eos_token_id
+    vocab = _Vocab({"<unk>": 1, "<|im_end|>": 7, "<end_of_turn>": 9})
+    assert stop_token_ids(model, vocab) == sorted({0, 7, 9, *([eos] if isinstance(eos, int) else eos)})
+
+
 def test_stream_pieces_join_to_the_greedy_answer(tiny):
     model, tokenizer = tiny
     pieces = list(stream_chat(model, tokenizer, MESSAGES, max_new_tokens=6))

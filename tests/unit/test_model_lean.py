@@ -128,6 +128,33 @@ def test_lean_forward_equals_transformers_on_a_padded_prefill_and_decode_steps(k
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padded", [True, False])
+def test_the_last_layer_computes_only_the_kept_columns_and_caches_every_key(dtype, padded, tiny_llama_dir,
+                                                                           tiny_adapter_dir):
+    """A prefill that keeps the last column's output (its first token) skips the last layer's attention and
+    MLP for the other columns: the same outputs and the same cache as a pass that keeps every column (up to
+    the rounding of matmuls with fewer rows), and the next pass reads that cache alike."""
+    model = _model("folded", dtype, tiny_llama_dir, tiny_adapter_dir)
+    lean = LeanForward(model)
+    torch.manual_seed(1)
+    ids = torch.randint(10, 900, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    if padded:
+        mask[0, :3] = mask[2, :1] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    for keep in (1, 2):
+        short, whole = make_cache([], []), make_cache([], [])
+        torch.testing.assert_close(lean(ids, mask, positions, short, keep=keep),
+                                   lean(ids, mask, positions, whole, keep=7)[:, -keep:])
+        for mine, every in zip(short.layers, whole.layers, strict=True):
+            torch.testing.assert_close(mine.keys, every.keys)
+            torch.testing.assert_close(mine.values, every.values)
+    new, longer = torch.randint(10, 900, (3, 2)), torch.cat([mask, torch.ones(3, 2, dtype=torch.long)], dim=1)
+    after = positions[:, -1:] + 1 + torch.arange(2)
+    torch.testing.assert_close(lean(new, longer, after, short, keep=2), lean(new, longer, after, whole, keep=2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_positions_that_are_not_real_are_left_out_of_the_matmuls(dtype, tiny_llama_dir, tiny_adapter_dir):
     """A row that finished (its new column masked) and the padding of a prefill are not computed: the layers
     see only the real positions; the other rows' outputs are transformers' and the left-out row's are zeros."""

@@ -178,6 +178,7 @@ class LeanForward:
             mask = mask & torch.ones((q, columns), dtype=torch.bool, device=mask.device).tril(columns - q)
         masks: dict[int, torch.Tensor] = {}  # the mask widened to the cache buffers' columns (free ones masked)
         query_heads, all_heads = self.heads, self.heads + 2 * self.kv_heads
+        width = q  # the columns of each row the layer computes outputs for
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(self._norm(hidden, layer.input_norm), groups).view(-1, all_heads, self.head_dim)
             rotated = qkv[:, :query_heads + self.kv_heads]
@@ -194,8 +195,13 @@ class LeanForward:
                 if layer_mask is None:
                     free = mask.new_zeros((*mask.shape[:-1], key.shape[2] - mask.shape[-1]))
                     layer_mask = masks[key.shape[2]] = torch.cat([mask, free], dim=-1)
+            if index == len(self.layers) - 1 and keep < q and all(at is None for _, at in groups):
+                # the last layer's outputs are read at the kept columns only (every key and value is cached)
+                query, layer_mask = query[:, :, -keep:], layer_mask[..., -keep:, :]
+                hidden, real = _last_columns(hidden, real, rows, q, keep)
+                width = keep
             attended, _ = grouped_attention(self, query, key, value, layer_mask, scaling=self.head_dim ** -0.5)
-            attended = attended.reshape(rows * q, -1)
+            attended = attended.reshape(rows * width, -1)
             if real is not None:
                 attended = attended.index_select(0, real)
             if layer.o.packed and not groups:  # the residual sums as the matmuls' post-ops
@@ -209,8 +215,8 @@ class LeanForward:
                 gate, up = layer.gate_up(normed, groups).split(self.intermediate, dim=-1)
                 hidden.add_(layer.down(F.silu(gate).mul_(up), groups))
         if real is not None:
-            hidden = hidden.new_zeros((rows * q, hidden.shape[-1])).index_copy_(0, real, hidden)
-        return self._norm(hidden.view(rows, q, -1)[:, -keep:], self.final_norm)
+            hidden = hidden.new_zeros((rows * width, hidden.shape[-1])).index_copy_(0, real, hidden)
+        return self._norm(hidden.view(rows, width, -1)[:, -keep:], self.final_norm)
 
 
 def _real_positions(new_columns: torch.Tensor) -> torch.Tensor | None:
@@ -220,6 +226,17 @@ def _real_positions(new_columns: torch.Tensor) -> torch.Tensor | None:
     if bool(flat.all()):
         return None
     return flat.nonzero().squeeze(1)
+
+
+def _last_columns(hidden: torch.Tensor, real: torch.Tensor | None, rows: int, q: int, keep: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The hidden states of the computed positions among each row's last `keep` of `q` columns, and their flat
+    indices (row * keep + column; None when every position is computed)."""
+    if real is None:
+        return hidden.view(rows, q, -1)[:, -keep:].reshape(rows * keep, -1), None
+    kept = real % q >= q - keep
+    index = real[kept]
+    return hidden[kept], torch.div(index, q, rounding_mode="floor") * keep + index % q - (q - keep)
 
 
 def _lora_adapters(model: nn.Module) -> list[str]:

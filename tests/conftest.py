@@ -135,8 +135,8 @@ def make_tiny_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     from tasktune.model.load import load_model, load_tokenizer
 
     cfg = ModelConfig(name_or_path=str(model_dir))
+    torch.manual_seed(seed)  # lora_A's initialisation too: the same adapter whichever tests ran before
     model = prepare_for_training(load_model(cfg), TrainConfig(finetuning="lora"), LoraConfig(r=4, alpha=8))
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

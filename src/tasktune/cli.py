@@ -11,7 +11,7 @@ from tasktune.config.load import help_text, load_config
 from tasktune.config.schema import Config, ConfigError
 from tasktune.data.text import data_encoding
 from tasktune.registry.lookup import UnknownEntryError
-from tasktune.runtime import preload_allocator
+from tasktune.runtime import preload_allocator, quiet_known_noise
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_noise()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     debug = getattr(args, "debug", False) or "--debug" in extra  # also accepted after the subcommand

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from tasktune.config.load import load_config
-from tasktune.runtime import preload_allocator
+from tasktune.runtime import preload_allocator, quiet_known_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "ner-demo.yaml"
@@ -15,6 +15,7 @@ SENTENCE = "Maria Lopez flew from Madrid to Boston to meet the board of Northwin
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_noise()
     from tasktune.evaluate.runner import resolve_eval_model, run_eval, task_spec
     from tasktune.model.generate import chat_once
     from tasktune.tasks import get_task

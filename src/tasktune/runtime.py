@@ -17,9 +17,11 @@ start-up.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,6 +36,31 @@ def set_wait_policy() -> None:
     """Brief OpenMP spinning unless the user chose a policy or a spin count; no effect once torch is loaded."""
     if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+KNOWN_NOISE = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "kernels._internals.hf_hub": "Skipping publisher trust check",
+}
+"""Logger -> the start of a message it logs on every command and that says nothing to a tasktune user: on
+AVX512-BF16 CPUs bitsandbytes (imported by peft) asks the Hub for an optional 4-bit kernel, which tasktune's
+offline runs never have, and `kernels` says it skips that kernel's trust check."""
+
+
+_quiet = False
+
+
+def quiet_known_noise() -> None:
+    """Drop the messages of `KNOWN_NOISE` and transformers' deprecation warning for `is_gradient_checkpointing`
+    (peft reads the old name whenever it wraps a model); everything else those libraries say still shows.
+    Called once by the `tasktune` command and the demo before they import them (a second call does nothing)."""
+    global _quiet
+    if _quiet:
+        return
+    _quiet = True
+    for name, start in KNOWN_NOISE.items():
+        logging.getLogger(name).addFilter(lambda record, start=start: not record.getMessage().startswith(start))
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 _frozen = 0

@@ -19,12 +19,12 @@ class Node:
 def test_nested_blocks_stay_frozen_until_the_outermost_ends():
     gc.unfreeze()
     kept = [Node() for _ in range(100)]
+    # the kept objects stay alive, so they stay frozen until the end (others may be freed meanwhile)
     with frozen_gc():
-        frozen = gc.get_freeze_count()
-        assert frozen >= len(kept)
+        assert gc.get_freeze_count() >= len(kept)
         with frozen_gc():
-            assert gc.get_freeze_count() >= frozen
-        assert gc.get_freeze_count() >= frozen  # the inner block's end does not unfreeze the outer one
+            assert gc.get_freeze_count() >= len(kept)
+        assert gc.get_freeze_count() >= len(kept)  # the inner block's end does not unfreeze the outer one
     assert gc.get_freeze_count() == 0
     del kept
 

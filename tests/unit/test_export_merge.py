@@ -134,8 +134,11 @@ class _Tokenizer:
     def __init__(self, eos: int | None, vocab: dict[str, int]):
         self.eos_token_id, self._vocab = eos, vocab
 
-    def get_vocab(self) -> dict[str, int]:
-        return self._vocab
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self._vocab.get(token)
+
+    def convert_ids_to_tokens(self, token_id: int) -> str | None:
+        return {i: t for t, i in self._vocab.items()}.get(token_id)
 
 
 def test_stop_tokens_add_the_templates_end_of_turn_to_eos():

@@ -11,13 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasktune.config.schema import ModelConfig
-from tasktune.model.load import load_model, load_tokenizer
+from tasktune.model.load import end_of_turn_ids, load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from torch import nn
-
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
-"""Chat-template end-of-turn tokens that generation must stop at, when the tokenizer has them."""
 
 
 def load_unmerged(model: str, adapter: str | None = None, template: str | None = None) -> tuple[nn.Module, Any]:
@@ -43,8 +40,7 @@ def merge(loaded: nn.Module) -> nn.Module:
 def stop_token_ids(tokenizer: Any) -> list[int]:
     """The tokenizer's eos id followed by any other end-of-turn token ids it has (deduplicated)."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
+    ids += end_of_turn_ids(tokenizer)
     return list(dict.fromkeys(ids))
 
 

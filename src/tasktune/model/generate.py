@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from tasktune.model.decode import Decoder, Request
+from tasktune.model.load import end_of_turn_ids
 from tasktune.model.text_stream import TextStream
-
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
-"""End-of-turn tokens of common chat templates, added to the stop ids when the vocabulary has them."""
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -17,10 +15,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     config_eos = model.generation_config.eos_token_id
     ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
     ids.add(tokenizer.eos_token_id)
-    for token in END_OF_TURN:  # looked up one by one: `get_vocab()` builds a dict of the vocabulary (17 ms)
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:  # not the unknown id
-            ids.add(token_id)
+    ids.update(end_of_turn_ids(tokenizer))
     return sorted(i for i in ids if i is not None)
 
 

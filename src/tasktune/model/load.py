@@ -120,6 +120,22 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     return tokenizer
 
 
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+"""End-of-turn tokens of common chat templates, added to the stop ids when the vocabulary has them."""
+
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The ids of the `END_OF_TURN` tokens the tokenizer has, in that order, looked up one by one (`get_vocab()`
+    builds a dict of the whole vocabulary: 17 ms a call for SmolLM2)."""
+    ids = []
+    for token in END_OF_TURN:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:  # not the unknown id
+            ids.append(token_id)
+    return ids
+
+
 def weight_dtype(cfg: ModelConfig):
     """The torch dtype `cfg.dtype` names; `auto` is float32 (the safe choice when the caller does not know)."""
     import torch

@@ -46,6 +46,7 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         if not labels:
             raise ConfigError("copy-constrained inline NER needs task.labels")
         super().__init__(tokenizer, frozenset({("copy", 0)}), stop_ids)
+        self.source = text
         self.text = text.encode()
         self.labels = [label.encode() for label in labels]
         self.edge = word_edges(text)
@@ -127,10 +128,10 @@ class CopyInlineConstraint(ByteGrammarConstraint):
         if not self._guesses or not self.record.worth_it:
             return self.text[j:]
         try:
-            head, rest = self.text[:j].decode(), self.text[j:].decode()
+            at = len(self.text[:j].decode())  # the character byte j starts
         except UnicodeDecodeError:
             return self.text[j:]
-        guess, self._run = guess_mentions(head + rest, len(head), in_mention, self.record.declined)
+        guess, self._run = guess_mentions(self.source, at, in_mention, self.record.declined)
         return guess.encode()
 
     def complete(self, states: frozenset[State]) -> bool:

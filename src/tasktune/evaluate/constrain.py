@@ -21,6 +21,7 @@ import torch
 from transformers import LogitsProcessor
 
 from tasktune.config.schema import ConfigError
+from tasktune.evaluate.mention_guess import BracketRecord
 
 MASK_CACHE = 64
 """Allowed-token masks kept per constraint (keyed by the identity of the allowed list or bitmask)."""
@@ -178,7 +179,7 @@ def enforcer_data(tokenizer):
     return data
 
 
-def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int], record: Any = None
+def build_constraint(spec: dict[str, Any], tokenizer, stop_ids: Sequence[int], record: BracketRecord | None = None
                      ) -> SuffixConstraint:
     """The processor for a task's `output_constraint` (or per-row `row_constraint`) spec; `record`: the
     BracketRecord that copy-constrained NER rows share (evaluate/mention_guess.py), one per row when None."""
@@ -206,8 +207,6 @@ class RowConstraints(SuffixConstraint):
     how their guessed brackets fared; `start` must name the batch's rows."""
 
     def __init__(self, specs: Sequence[dict[str, Any] | None], tokenizer, stop_ids: Sequence[int]):
-        from tasktune.evaluate.mention_guess import BracketRecord
-
         super().__init__(stop_ids)
         built: dict[str, SuffixConstraint] = {}
         self.by_row: list[SuffixConstraint | None] = []

@@ -243,16 +243,19 @@ def main() -> None:
     base = statistics.median(eval_s["hf-generate"])
     print(f"\neval: {n} demo NER dev rows, greedy, max {args.max_new} new tokens, batch {args.batch}, "
           f"{'adapter ' + adapter if adapter else 'untuned model'}")
-    print(f"{'run':<19}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}")
+    print(f"{'run':<19}{'seconds':>9}{'examples/s':>12}{'vs hf':>8}   runs (s, in order)")
     for name, values in eval_s.items():
         s = statistics.median(values)
-        print(f"{name:<19}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x")
+        print(f"{name:<19}{s:9.2f}{n / s:12.2f}{base / s:8.2f}x   {', '.join(f'{v:.2f}' for v in values)}")
     if lf is not None:
         print(f"{'lf-predict':<19}{lf:9.2f}{n / lf:12.2f}{base / lf:8.2f}x   (tasktune: "
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF; LF runs: "
               f"{', '.join(f'{s:.1f}' for s in lf_s)} s)")
     else:
-        print("lf-predict    skipped (no .bench/lf-venv: run bench/setup_llamafactory.sh)")
+        installed = (LF_VENV / "bin" / "llamafactory-cli").exists()
+        why = ("--skip-lf" if args.skip_lf else "every run failed, above" if installed
+               else "no .bench/lf-venv: run bench/setup_llamafactory.sh")
+        print(f"lf-predict    skipped ({why})")
     print("entity F1 on these rows: " + ", ".join(f"{name} {f1s[name]}" for name in eval_s if name in f1s))
     print(f"\nsingle stream, {args.max_new} new tokens, {threads} threads")
     print(f"{'run':<17}{'tokens/s':>9}{'vs hf':>8}")

@@ -51,6 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LF_VENV = ROOT / ".bench" / "lf-venv"
+LF_CLI = LF_VENV / "bin" / "llamafactory-cli"
 SST2 = (ROOT / ".." / "shared" / "data" / "classification" / "sst2" / "dev.jsonl").resolve()
 CHAT = [{"role": "user", "content": "Write a short paragraph about the history of Paris."}]
 
@@ -85,8 +86,7 @@ def hf_generate_loop(model, tokenizer, prompts, max_new: int, batch: int) -> flo
 
 def lf_predict(prompts, tokenizer, max_new: int, batch: int, adapter: str | None) -> float | None:
     """Seconds of LLaMA-Factory's do_predict (its own `predict_runtime`) on the same prompts, or None."""
-    cli = LF_VENV / "bin" / "llamafactory-cli"
-    if not cli.exists():
+    if not LF_CLI.exists():
         return None
     from tasktune.model.load import resolve_model_dir
 
@@ -107,7 +107,7 @@ def lf_predict(prompts, tokenizer, max_new: int, batch: int, adapter: str | None
 
         # LLaMA-Factory as its users run it: the system allocator, not the one this process preloaded
         env = {**without_preloaded_allocator(dict(os.environ)), "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
-        done = subprocess.run([str(cli), "train", str(config)], env=env, capture_output=True, text=True)
+        done = subprocess.run([str(LF_CLI), "train", str(config)], env=env, capture_output=True, text=True)
         results = data / "out" / "predict_results.json"
         if done.returncode != 0 or not results.exists():
             print(f"  lf-predict failed ({done.returncode}): {done.stderr[-600:]}")
@@ -252,8 +252,7 @@ def main() -> None:
               f"{lf / statistics.median(eval_s['tasktune']):.2f}x LF; LF runs: "
               f"{', '.join(f'{s:.1f}' for s in lf_s)} s)")
     else:
-        installed = (LF_VENV / "bin" / "llamafactory-cli").exists()
-        why = ("--skip-lf" if args.skip_lf else "every run failed, above" if installed
+        why = ("--skip-lf" if args.skip_lf else "every run failed, above" if LF_CLI.exists()
                else "no .bench/lf-venv: run bench/setup_llamafactory.sh")
         print(f"lf-predict    skipped ({why})")
     print("entity F1 on these rows: " + ", ".join(f"{name} {f1s[name]}" for name in eval_s if name in f1s))

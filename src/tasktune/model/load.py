@@ -124,7 +124,6 @@ END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 """End-of-turn tokens of common chat templates, added to the stop ids when the vocabulary has them."""
 
 
-
 def end_of_turn_ids(tokenizer) -> list[int]:
     """The ids of the `END_OF_TURN` tokens the tokenizer has, in that order, looked up one by one (`get_vocab()`
     builds a dict of the whole vocabulary: 17 ms a call for SmolLM2)."""
